@@ -1,0 +1,195 @@
+"""Arch: one concrete architecture, self-contained.
+
+An Arch holds everything needed to rebuild a model without its search space: input size, tokenizer,
+stages of cells, token pooling, head, ATS placement. It is a frozen dataclass tree, hashable and
+comparable; ``provenance`` (where it came from: space, budget, score) is carried along but is not part
+of its identity. Arch files are YAML (see docs/space-dsl.md); they are read by the same validating
+loader as search spaces (``nas.load_arch``), because an arch file is a search space with no choices.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
+
+CELL_KINDS = ("basic", "shared_pair", "identity")
+"""PSViT's cell choices: one transformer layer; two layers, the second reusing the first's attention
+map; nothing."""
+
+ARCH_FORMAT = "nas-arch/1"
+
+
+@dataclass(frozen=True)
+class PatchTokenizer:
+    """ViT/DeiT patch embedding: non-overlapping ``patch_size`` patches, cls token, learned positions."""
+    patch_size: int = 16
+    type: str = field(default="patch", init=False)
+
+
+@dataclass(frozen=True)
+class ProgressiveTokenizer:
+    """PS-ViT progressive sampling (methods.md section 1).
+
+    A ResNet stem (stride 4, output width = stage 0's dim), then ``iterations`` rounds of sampling
+    ``points`` x ``points`` tokens and refining the points with an encoder layer (one shared layer when
+    ``share_weights``). The encoder layers use stage 0's dim, heads and mlp ratio.
+    """
+    points: int = 14
+    iterations: int = 4
+    share_weights: bool = False
+    type: str = field(default="progressive", init=False)
+
+
+@dataclass(frozen=True)
+class CoarseFineTokenizer:
+    """CF-ViT coarse-to-fine inference (methods.md section 4).
+
+    The coarse pass sees the image resized to ``coarse_grid * patch_size`` pixels; the top
+    ``ceil(alpha * coarse_grid**2)`` regions by global class attention are re-split 2x2 in the fine pass;
+    inference stops after the coarse pass when the max softmax is at least ``exit_threshold``.
+    """
+    patch_size: int = 16
+    coarse_grid: int = 7
+    alpha: float = 0.5
+    exit_threshold: float = 1.0
+    type: str = field(default="coarse_fine", init=False)
+
+
+Tokenizer = Union[PatchTokenizer, ProgressiveTokenizer, CoarseFineTokenizer]
+TOKENIZERS = {"patch": PatchTokenizer, "progressive": ProgressiveTokenizer, "coarse_fine": CoarseFineTokenizer}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Cells that share one token count and width. ``cells`` holds one of CELL_KINDS per cell."""
+    dim: int
+    heads: int
+    mlp_ratio: float
+    cells: tuple[str, ...]
+
+    @property
+    def hidden(self) -> int:
+        """MLP hidden width (timm's rule: int(dim * mlp_ratio))."""
+        return int(self.dim * self.mlp_ratio)
+
+    @property
+    def num_layers(self) -> int:
+        return sum({"basic": 1, "shared_pair": 2, "identity": 0}[c] for c in self.cells)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Token pooling between consecutive stages (PSViT). ``none``: stages only group cells.
+
+    ``1d``: cls kept (through a Linear), Conv1d(kernel, stride 1) over patch tokens, MaxPool1d(2, 2, ceil).
+    ``2d``: no cls; tokens as a grid, Conv2d(kernel, stride 2, padding (kernel-1)//2).
+    """
+    type: str = "none"
+    kernel: int = 3
+
+
+@dataclass(frozen=True)
+class ATS:
+    """Adaptive token sampling (methods.md section 2) in the cells listed in ``blocks``.
+
+    ``blocks`` are global cell indices, counted over all stages in order; ATS acts in the last layer of
+    each listed cell. Exactly one of ``keep`` (ratio rho: K = max(round(rho * N_in), 8), N_in the patch
+    tokens entering, at most N_in) and ``k`` (a fixed number of patch tokens) is set.
+    """
+    blocks: tuple[int, ...]
+    keep: float | None = None
+    k: int | None = None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an arch came from. Not part of its identity (equality and hash ignore it)."""
+    space: str | None = None
+    space_hash: str | None = None
+    budget_macs: int | None = None
+    budget_params: int | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Arch:
+    img_size: int
+    in_chans: int
+    num_classes: int
+    tokenizer: Tokenizer
+    stages: tuple[Stage, ...]
+    pooling: Pooling = Pooling()
+    head: str = "cls"                     # "cls" token or global average pooling ("gap")
+    ats: ATS | None = None
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    name: str = field(default="", compare=False)
+    provenance: Provenance = field(default=Provenance(), compare=False)
+
+    @property
+    def has_cls_token(self) -> bool:
+        return self.head == "cls" or self.pooling.type != "2d"
+
+    @property
+    def data_dependent(self) -> bool:
+        """True when the MACs executed depend on the image (ATS, coarse-to-fine early exit)."""
+        return self.ats is not None or isinstance(self.tokenizer, CoarseFineTokenizer)
+
+    def cells(self) -> list[tuple[int, int, str]]:
+        """(stage index, cell index within the stage, kind) for every cell, in global order."""
+        return [(s, c, kind) for s, stage in enumerate(self.stages) for c, kind in enumerate(stage.cells)]
+
+    # --- serialisation -------------------------------------------------------------------------------
+    def to_dict(self, with_provenance: bool = True) -> dict[str, Any]:
+        """Plain YAML/JSON-ready dict in the arch file format (key order fixed)."""
+        tok = {"type": self.tokenizer.type}
+        tok.update({f.name: getattr(self.tokenizer, f.name) for f in fields(self.tokenizer) if f.name != "type"})
+        d: dict[str, Any] = {"format": ARCH_FORMAT}
+        if self.name:
+            d["name"] = self.name
+        d.update({
+            "input": {"size": self.img_size, "channels": self.in_chans},
+            "num_classes": self.num_classes,
+            "tokenizer": tok,
+            "stages": [{"dim": s.dim, "heads": s.heads, "mlp_ratio": s.mlp_ratio, "cells": list(s.cells)}
+                       for s in self.stages],
+            "pooling": {"type": self.pooling.type, "kernel": self.pooling.kernel},
+            "head": self.head,
+            "qkv_bias": self.qkv_bias,
+            "norm_eps": self.norm_eps,
+        })
+        if self.ats is not None:
+            a: dict[str, Any] = {"blocks": list(self.ats.blocks)}
+            a.update({"keep": self.ats.keep} if self.ats.keep is not None else {"k": self.ats.k})
+            d["ats"] = a
+        if with_provenance:
+            p = {f.name: getattr(self.provenance, f.name) for f in fields(Provenance)}
+            p = {k: v for k, v in p.items() if v is not None}
+            if p:
+                d["provenance"] = p
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Arch":
+        """Inverse of ``to_dict`` for trusted, already validated dicts. Files go through ``nas.load_arch``."""
+        tok = dict(d["tokenizer"])
+        tok_cls = TOKENIZERS[tok.pop("type")]
+        ats = d.get("ats")
+        return cls(
+            img_size=d["input"]["size"], in_chans=d["input"]["channels"], num_classes=d["num_classes"],
+            tokenizer=tok_cls(**tok),
+            stages=tuple(Stage(s["dim"], s["heads"], float(s["mlp_ratio"]), tuple(s["cells"])) for s in d["stages"]),
+            pooling=Pooling(**d.get("pooling", {})),
+            head=d.get("head", "cls"),
+            ats=None if ats is None else ATS(tuple(ats["blocks"]), ats.get("keep"), ats.get("k")),
+            qkv_bias=d.get("qkv_bias", True), norm_eps=float(d.get("norm_eps", 1e-6)),
+            name=d.get("name", ""), provenance=Provenance(**d.get("provenance", {})),
+        )
+
+    def hash(self) -> str:
+        """Stable identity: sha256 of the canonical JSON of the architecture (no name, no provenance)."""
+        d = self.to_dict(with_provenance=False)
+        d.pop("name", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,22 @@
+"""The one exception type users see: it names the file, line and key path at fault."""
+from __future__ import annotations
+
+
+class NasError(Exception):
+    """A user-facing error: bad input, not a bug.
+
+    The CLI prints ``nas: error: <file>:<line>: <key.path>: <message>`` and exits with code 2.
+    ``file``, ``line`` and ``key`` are optional so the same type serves errors without a location.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message, self.file, self.line, self.key = message, file, line, key
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
