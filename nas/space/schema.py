@@ -1,0 +1,463 @@
+"""The search-space schema: validates a YAML Node tree into a *template*.
+
+A template has the shape of ``Arch.to_dict()`` but any searchable leaf may be a ``Choice`` (pick one
+value) and ATS blocks may be a ``Subset`` (pick any subset). An arch file is a template with no choices.
+Every rule is checked for every reachable combination of choices at load time, so that any arch sampled
+from a space that loads is valid. The rules and the DSL are documented in docs/space-dsl.md.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from nas.arch import ARCH_FORMAT, CELL_KINDS
+from nas.errors import NasError
+from nas.space.yamlnodes import Node
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One searchable value: exactly one of ``values`` is picked."""
+    values: tuple
+    path: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Subset:
+    """A searchable subset of ``items`` (each item in or out independently)."""
+    items: tuple
+    path: str
+    line: int
+
+
+def options(x: Any) -> tuple:
+    """The values a template leaf can take."""
+    return x.values if isinstance(x, Choice) else (x,)
+
+
+# --- sizes --------------------------------------------------------------------------------------------
+_SIZE = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGT]?)\s*$")
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str | int | float) -> int:
+    """'1.3G' -> 1_300_000_000; '1300M', '1.3e9', 1300000000 too. Decimal units. Raises ValueError."""
+    if isinstance(text, bool):
+        raise ValueError(f"bad size {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _SIZE.match(str(text))
+        if not m:
+            raise ValueError(f"bad size {text!r}: expected a number with an optional K, M, G or T suffix, "
+                             f"e.g. 1.3G, 1300M or 1.3e9")
+        value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"bad size {text!r}: must be positive")
+    return int(round(value))
+
+
+# --- reading mappings ---------------------------------------------------------------------------------
+class Reader:
+    """Takes keys out of a mapping Node; ``done()`` rejects whatever is left (with a did-you-mean)."""
+
+    def __init__(self, node: Node, what: str) -> None:
+        if not node.is_map:
+            raise node.error(f"expected a mapping ({what}), got {_kind(node.value)}")
+        self.node, self.left = node, dict(node.value)
+
+    def has(self, key: str) -> bool:
+        return key in self.left
+
+    def take(self, key: str, parse: Callable[[Node], Any], default: Any = REQUIRED) -> Any:
+        if key not in self.left:
+            if default is REQUIRED:
+                raise self.node.error(f"missing required key {key!r}")
+            return default
+        return parse(self.left.pop(key))
+
+    def done(self) -> None:
+        for key, child in self.left.items():
+            known = [k for k in self.node.value if k not in self.left]
+            close = difflib.get_close_matches(key, known + self._allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(sorted(set(self._allowed))) if self._allowed else "none"
+            raise NasError(f"unknown key {key!r}{hint} (allowed here: {allowed})",
+                           file=child.file, line=child.line, key=child.path)
+
+    _allowed: list[str] = []
+
+    def allow(self, *keys: str) -> "Reader":
+        self._allowed = list(keys)
+        return self
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+# --- scalar parsers -----------------------------------------------------------------------------------
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Node], int]:
+    def parse(n: Node) -> int:
+        v = n.value
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise n.error(f"expected an integer, got {_kind(v)} {v!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise n.error(f"must be an integer {rng}, got {v}")
+        return v
+    return parse
+
+
+def number(lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[Node], float]:
+    def parse(n: Node) -> float:
+        v = n.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise n.error(f"expected a number, got {_kind(v)} {v!r}")
+        v = float(v)
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
+            left = "(" if lo_open else "["
+            rng = f"{left}{lo}, {hi}]" if hi is not None else (f"> {lo}" if lo_open else f">= {lo}")
+            raise n.error(f"must be a number {'in ' if hi is not None else ''}{rng}, got {v}")
+        return v
+    return parse
+
+
+def boolean(n: Node) -> bool:
+    if not isinstance(n.value, bool):
+        raise n.error(f"expected true or false, got {_kind(n.value)} {n.value!r}")
+    return n.value
+
+
+def one_of(*allowed: str) -> Callable[[Node], str]:
+    def parse(n: Node) -> str:
+        if n.value not in allowed or not isinstance(n.value, str):
+            close = difflib.get_close_matches(str(n.value), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise n.error(f"got {n.value!r}, expected one of {', '.join(allowed)}{hint}")
+        return n.value
+    return parse
+
+
+def text(n: Node) -> str:
+    if not isinstance(n.value, str) or not n.value:
+        raise n.error(f"expected a non-empty string, got {_kind(n.value)} {n.value!r}")
+    return n.value
+
+
+def size(n: Node) -> int:
+    try:
+        return parse_size(n.value)
+    except ValueError as e:
+        raise n.error(str(e)) from None
+
+
+# --- the schema ---------------------------------------------------------------------------------------
+class Parser:
+    """Validates one file. ``allow_choices=False`` reads an arch file (every value fixed)."""
+
+    def __init__(self, allow_choices: bool) -> None:
+        self.allow_choices = allow_choices
+
+    def choosable(self, parse: Callable[[Node], Any]) -> Callable[[Node], Any]:
+        """A fixed value, ``{choice: [v, ...]}`` or ``{range: [lo, hi, step]}`` (integers, inclusive)."""
+        def read(n: Node) -> Any:
+            if not (n.is_map and ("choice" in n.value or "range" in n.value)):
+                return parse(n)
+            if not self.allow_choices:
+                raise n.error("choices are not allowed in an arch file: every value must be fixed")
+            r = Reader(n, "a choice").allow("choice", "range")
+            if r.has("choice") and r.has("range"):
+                raise n.error("give either 'choice' or 'range', not both")
+            if r.has("choice"):
+                items = r.take("choice", lambda m: self._list(m, "choice"))
+                values = tuple(parse(m) for m in items)
+            else:
+                bounds = r.take("range", lambda m: self._list(m, "range"))
+                if len(bounds) not in (2, 3):
+                    raise n.error(f"range must be [lo, hi] or [lo, hi, step], got {len(bounds)} numbers")
+                lo, hi, *step = (integer()(m) for m in bounds)
+                step = step[0] if step else 1
+                if step <= 0 or hi < lo:
+                    raise n.error(f"range [{lo}, {hi}, {step}] is empty: need lo <= hi and step >= 1")
+                values = tuple(parse(Node(v, n.line, n.path, n.file)) for v in range(lo, hi + 1, step))
+            r.done()
+            if len(set(values)) != len(values):
+                raise n.error(f"choice has duplicate values: {list(values)}")
+            return values[0] if len(values) == 1 else Choice(values, n.path, n.line)
+        return read
+
+    @staticmethod
+    def _list(n: Node, what: str) -> list[Node]:
+        if not isinstance(n.value, list):
+            raise n.error(f"{what} must be a list, got {_kind(n.value)}")
+        if not n.value:
+            raise n.error(f"{what} is empty: give at least one value")
+        return n.value
+
+    # sections ---------------------------------------------------------------------------------------
+    def parse(self, root: Node) -> dict[str, Any]:
+        r = Reader(root, "a search space" if self.allow_choices else "an arch")
+        t: dict[str, Any] = {}
+        if self.allow_choices:
+            r.allow("name", "description", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
+                    "ats", "qkv_bias", "norm_eps", "budget")
+            t["name"] = r.take("name", text)
+            r.take("description", text, None)
+            budget = r.take("budget", self.budget, None)
+            if budget:
+                t["budget"] = budget
+        else:
+            r.allow("format", "name", "input", "num_classes", "tokenizer", "stages", "pooling", "head", "ats",
+                    "qkv_bias", "norm_eps", "provenance")
+            r.take("format", one_of(ARCH_FORMAT), None)
+            t["name"] = r.take("name", text, "")
+        t["input"] = r.take("input", self.input)
+        t["num_classes"] = r.take("num_classes", integer(1))
+        t["tokenizer"] = r.take("tokenizer", self.tokenizer)
+        t["stages"] = r.take("stages", self.stages)
+        t["pooling"] = r.take("pooling", self.pooling, {"type": "none", "kernel": 3})
+        t["head"] = r.take("head", one_of("cls", "gap"), "cls")
+        t["qkv_bias"] = r.take("qkv_bias", boolean, True)
+        t["norm_eps"] = r.take("norm_eps", number(0.0, lo_open=True), 1e-6)
+        ats_node = r.left.get("ats")
+        t["ats"] = r.take("ats", self.ats, None)
+        if not self.allow_choices:
+            t["provenance"] = r.take("provenance", self.provenance, {})
+        r.done()
+        check(t, root, ats_node)
+        return t
+
+    def budget(self, n: Node) -> dict[str, int]:
+        r = Reader(n, "budget").allow("macs", "params")
+        out = {k: r.take(k, size, None) for k in ("macs", "params")}
+        r.done()
+        return {k: v for k, v in out.items() if v is not None}
+
+    def input(self, n: Node) -> dict[str, int]:
+        r = Reader(n, "input").allow("size", "channels")
+        out = {"size": r.take("size", integer(4, 4096)), "channels": r.take("channels", integer(1, 64), 3)}
+        r.done()
+        return out
+
+    def tokenizer(self, n: Node) -> dict[str, Any]:
+        r = Reader(n, "tokenizer")
+        kind = r.take("type", one_of("patch", "progressive", "coarse_fine"))
+        c = self.choosable
+        if kind == "patch":
+            r.allow("type", "patch_size")
+            out = {"type": kind, "patch_size": r.take("patch_size", integer(1), 16)}
+        elif kind == "progressive":
+            r.allow("type", "points", "iterations", "share_weights")
+            out = {"type": kind, "points": r.take("points", c(integer(1, 64)), 14),
+                   "iterations": r.take("iterations", c(integer(1, 32)), 4),
+                   "share_weights": r.take("share_weights", c(boolean), False)}
+        else:
+            r.allow("type", "patch_size", "coarse_grid", "alpha", "exit_threshold")
+            out = {"type": kind, "patch_size": r.take("patch_size", integer(1), 16),
+                   "coarse_grid": r.take("coarse_grid", c(integer(1)), 7),
+                   "alpha": r.take("alpha", c(number(0.0, 1.0, lo_open=True)), 0.5),
+                   "exit_threshold": r.take("exit_threshold", c(number(0.0)), 1.0)}
+        r.done()
+        return out
+
+    def stages(self, n: Node) -> list[dict[str, Any]]:
+        return [self.stage(m) for m in self._list(n, "stages")]
+
+    def stage(self, n: Node) -> dict[str, Any]:
+        r = Reader(n, "a stage").allow("dim", "heads", "mlp_ratio", "cells")
+        c = self.choosable
+        out = {"dim": r.take("dim", c(integer(1))), "heads": r.take("heads", c(integer(1))),
+               "mlp_ratio": r.take("mlp_ratio", c(number(0.0, lo_open=True)), 4.0),
+               "cells": r.take("cells", self.cells)}
+        r.done()
+        return out
+
+    def cells(self, n: Node) -> list[Any]:
+        """A list of cells (each a kind or a choice of kinds), or ``{repeat: n, choice: [kinds]}``."""
+        kind = self.choosable(one_of(*CELL_KINDS))
+        if n.is_map and "repeat" in n.value:
+            r = Reader(n, "repeated cells").allow("repeat", "choice")
+            count = r.take("repeat", integer(1, 256))
+            values = r.take("choice", lambda m: tuple(one_of(*CELL_KINDS)(x) for x in self._list(m, "choice")))
+            r.done()
+            if len(set(values)) != len(values):
+                raise n.error(f"choice has duplicate values: {list(values)}")
+            if len(values) > 1 and not self.allow_choices:
+                raise n.error("choices are not allowed in an arch file: every value must be fixed")
+            return [values[0] if len(values) == 1 else Choice(values, f"{n.path}[{i}]", n.line)
+                    for i in range(count)]
+        return [kind(m) for m in self._list(n, "cells")]
+
+    def pooling(self, n: Node) -> dict[str, Any]:
+        r = Reader(n, "pooling").allow("type", "kernel")
+        out = {"type": r.take("type", one_of("none", "1d", "2d")),
+               "kernel": r.take("kernel", self.choosable(integer(1, 15)), 3)}
+        r.done()
+        return out
+
+    def ats(self, n: Node) -> dict[str, Any] | None:
+        if n.value is None:
+            return None
+        r = Reader(n, "ats").allow("blocks", "keep", "k")
+        out: dict[str, Any] = {"blocks": r.take("blocks", self.blocks)}
+        if r.has("keep") == r.has("k"):
+            raise n.error("give exactly one of 'keep' (ratio rho in (0, 1]) or 'k' (patch tokens kept)")
+        if r.has("keep"):
+            out["keep"] = r.take("keep", self.choosable(number(0.0, 1.0, lo_open=True)))
+        else:
+            out["k"] = r.take("k", self.choosable(integer(1)))
+        r.done()
+        return out
+
+    def blocks(self, n: Node) -> Any:
+        """A list of global cell indices, or ``{subset: [indices]}`` to search which of them use ATS."""
+        if n.is_map:
+            if not self.allow_choices:
+                raise n.error("choices are not allowed in an arch file: every value must be fixed")
+            r = Reader(n, "a subset").allow("subset")
+            items = tuple(integer(0)(m) for m in r.take("subset", lambda m: self._list(m, "subset")))
+            r.done()
+            if len(set(items)) != len(items):
+                raise n.error(f"subset has duplicate blocks: {list(items)}")
+            return Subset(items, n.path, n.line)
+        if not isinstance(n.value, list):
+            raise n.error(f"expected a list of block indices or {{subset: [...]}}, got {_kind(n.value)}")
+        items = [integer(0)(m) for m in n.value]
+        if len(set(items)) != len(items):
+            raise n.error(f"duplicate blocks: {items}")
+        return sorted(items)
+
+    def provenance(self, n: Node) -> dict[str, Any]:
+        r = Reader(n, "provenance").allow("space", "space_hash", "budget_macs", "budget_params", "score")
+        out = {"space": r.take("space", text, None), "space_hash": r.take("space_hash", text, None),
+               "budget_macs": r.take("budget_macs", integer(0), None),
+               "budget_params": r.take("budget_params", integer(0), None),
+               "score": r.take("score", number(float("-inf")), None)}
+        r.done()
+        return {k: v for k, v in out.items() if v is not None}
+
+
+# --- cross-field rules, checked over every reachable choice -------------------------------------------
+def _at(root: Node, path: str) -> Node:
+    """The Node at a dotted path (for error locations); falls back to the nearest existing parent."""
+    node = root
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        nxt = None
+        if part.startswith("[") and isinstance(node.value, list):
+            i = int(part[1:-1])
+            nxt = node.value[i] if i < len(node.value) else None
+        elif isinstance(node.value, dict):
+            nxt = node.value.get(part)
+        if nxt is None:
+            break
+        node = nxt
+    return node
+
+
+def token_counts(t: dict[str, Any]) -> list[set[int]]:
+    """Per stage, the set of reachable static token counts (cls included when there is one)."""
+    size, tok, pool = t["input"]["size"], t["tokenizer"], t["pooling"]["type"]
+    cls = 0 if pool == "2d" else 1
+    if tok["type"] == "patch":
+        grids = {size // tok["patch_size"]}
+    elif tok["type"] == "progressive":
+        grids = set(options(tok["points"]))
+    else:
+        grids = {2 * g for g in options(tok["coarse_grid"])}  # the fine grid; coarse is half per side
+    out, patches = [], {g * g for g in grids}
+    for s in range(len(t["stages"])):
+        if s and pool == "1d":
+            patches = {math.ceil(p / 2) for p in patches}
+        elif s and pool == "2d":
+            grids = {g // 2 for g in grids}
+            patches = {g * g for g in grids}
+        out.append({p + cls for p in patches})
+    return out
+
+
+def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
+    """Cross-field rules. Each error names the key at fault and what would be allowed."""
+    size, tok, pool, stages = t["input"]["size"], t["tokenizer"], t["pooling"], t["stages"]
+
+    def fail(path: str, message: str) -> None:
+        raise _at(root, path).error(message, key=path)
+
+    for s, st in enumerate(stages):
+        for d in options(st["dim"]):
+            for h in options(st["heads"]):
+                if d % h:
+                    fail(f"stages[{s}].heads", f"dim {d} is not divisible by heads {h}; every dim choice of "
+                         f"a stage must be divisible by every heads choice")
+            for r in options(st["mlp_ratio"]):
+                if int(d * r) < 1:
+                    fail(f"stages[{s}].mlp_ratio", f"mlp_ratio {r} gives an empty MLP for dim {d}")
+    if tok["type"] in ("patch", "coarse_fine") and size % tok["patch_size"]:
+        fail("tokenizer.patch_size", f"input size {size} is not divisible by patch_size {tok['patch_size']}")
+    if tok["type"] == "coarse_fine":
+        for g in options(tok["coarse_grid"]):
+            if 2 * g * tok["patch_size"] != size:
+                fail("tokenizer.coarse_grid", f"coarse_grid {g} needs input size 2 * {g} * patch_size = "
+                     f"{2 * g * tok['patch_size']}, got {size} (each coarse region splits into 2x2 patches); "
+                     f"allowed here: {size // tok['patch_size'] // 2 if size % (2 * tok['patch_size']) == 0 else 'none'}")
+        if pool["type"] != "none":
+            fail("pooling.type", f"coarse_fine needs pooling type none (its fine sequence is not a grid), got "
+                 f"{pool['type']}")
+        if t["head"] != "cls":
+            fail("head", "coarse_fine needs head cls (regions are chosen by class attention)")
+    if pool["type"] == "none" and len(stages) > 1:
+        dims = [options(st["dim"]) for st in stages]
+        if any(len(d) > 1 for d in dims) or len({d[0] for d in dims}) > 1:
+            fail("stages", f"stages without token pooling between them must share one fixed dim, got "
+                 f"{[list(d) for d in dims]}; set pooling.type to 1d or 2d, or use one stage")
+    if pool["type"] == "1d":
+        for k in options(pool["kernel"]):
+            if k % 2 == 0:
+                fail("pooling.kernel", f"1d pooling needs an odd kernel (the token count must not shift), got {k}")
+    if pool["type"] == "2d":
+        if tok["type"] != "patch":
+            fail("pooling.type", f"2d pooling needs the patch tokenizer (a token grid), got {tok['type']}")
+        if t["head"] != "gap":
+            fail("head", "2d pooling drops the cls token: head must be gap")
+        grid = size // tok["patch_size"]
+        for s in range(1, len(stages)):
+            if grid % 2:
+                fail("pooling.type", f"2d pooling before stage {s} needs an even token grid, got {grid}x{grid} "
+                     f"(input {size} / patch {tok['patch_size']} halved {s - 1} times)")
+            grid //= 2
+    if t["ats"] is not None:
+        _check_ats(t, fail, ats_node)
+
+
+def _check_ats(t: dict[str, Any], fail: Callable[[str, str], None], node: Node | None) -> None:
+    a, stages = t["ats"], t["stages"]
+    if t["tokenizer"]["type"] == "coarse_fine":
+        fail("ats", "ats cannot be combined with the coarse_fine tokenizer")
+    if t["pooling"]["type"] == "2d":
+        fail("ats", "ats needs a cls token; 2d pooling has none")
+    cells = [(s, c, kind) for s, st in enumerate(stages) for c, kind in enumerate(st["cells"])]
+    blocks = a["blocks"].items if isinstance(a["blocks"], Subset) else a["blocks"]
+    tokens = token_counts(t)
+    for b in blocks:
+        if b >= len(cells):
+            fail("ats.blocks", f"block {b} does not exist: the space has {len(cells)} cells (0..{len(cells) - 1})")
+        s, c, kind = cells[b]
+        if "identity" in options(kind):
+            fail("ats.blocks", f"block {b} (stage {s}, cell {c}) can be an identity cell; ATS blocks must be "
+                 f"cells whose choices exclude identity")
+        if t["pooling"]["type"] != "none" and s != len(stages) - 1:
+            fail("ats.blocks", f"block {b} is in stage {s}, before a token pooling; ATS blocks must be in the "
+                 f"last stage (stage {len(stages) - 1}, cells {sum(len(st['cells']) for st in stages[:-1])}.."
+                 f"{len(cells) - 1})")
+        if "k" in a:
+            n_min = min(tokens[s]) - 1
+            for k in options(a["k"]):
+                if k > n_min:
+                    fail("ats.k", f"k {k} is above the {n_min} patch tokens of block {b}; allowed: 1..{n_min}")
