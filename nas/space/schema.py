@@ -42,7 +42,7 @@ def options(x: Any) -> tuple:
 
 
 # --- sizes --------------------------------------------------------------------------------------------
-_SIZE = re.compile(r"^\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGT]?)\s*$")
+_SIZE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGT]?)\s*$")
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -83,19 +83,25 @@ class Reader:
         return parse(self.left.pop(key))
 
     def done(self) -> None:
-        for key, child in self.left.items():
-            known = [k for k in self.node.value if k not in self.left]
-            close = difflib.get_close_matches(key, known + self._allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            allowed = ", ".join(sorted(set(self._allowed))) if self._allowed else "none"
-            raise NasError(f"unknown key {key!r}{hint} (allowed here: {allowed})",
-                           file=child.file, line=child.line, key=child.path)
+        """Reject keys nobody took (a safety net: ``allow`` already rejected unknown ones)."""
+        self._reject(list(self.left))
+
+    def allow(self, *keys: str) -> "Reader":
+        """Declare the keys allowed here; unknown keys are reported at once, before any missing key."""
+        self._allowed = list(keys)
+        self._reject([k for k in self.left if k not in keys])
+        return self
 
     _allowed: list[str] = []
 
-    def allow(self, *keys: str) -> "Reader":
-        self._allowed = list(keys)
-        return self
+    def _reject(self, keys: list[str]) -> None:
+        for key in keys:
+            child = self.left[key]
+            close = difflib.get_close_matches(key, self._allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(self._allowed) if self._allowed else "none"
+            raise NasError(f"unknown key {key!r}{hint} (allowed here: {allowed})",
+                           file=child.file, line=child.line, key=child.path)
 
 
 def _kind(v: Any) -> str:

@@ -104,6 +104,6 @@ def load_nodes(path: str | Path) -> Node:
         raise NasError("the file is empty: expected a mapping of keys", file=file, line=1)
     tree = _convert(root, "", file, yaml.SafeLoader(""))
     if not tree.is_map:
-        raise NasError(f"expected a mapping of keys at the top level, got {type(tree.value).__name__}",
+        raise NasError(f"expected a mapping of keys at the top level, got {'a list' if isinstance(tree.value, list) else 'a scalar'}",
                        file=file, line=tree.line)
     return tree

@@ -1,0 +1,161 @@
+"""The ``nas`` command: a thin layer over the library (no logic of its own).
+
+Errors in user input print one line, ``nas: error: <file>:<line>: <key.path>: <what is wrong>``, and exit
+with code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from nas import __version__
+from nas.errors import NasError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise NasError(f"{message} (see '{self.prog} --help')")
+
+
+def human(n: float) -> str:
+    """1260000000 -> '1.26G'."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+# --- commands -----------------------------------------------------------------------------------------
+def cmd_space_validate(args: argparse.Namespace) -> None:
+    from nas.space import load_space
+    space = load_space(args.space)
+    print(f"{args.space}: ok: space {space.name!r}, {len(space.dims)} dimensions, {space.size():,} archs")
+
+
+def cmd_space_show(args: argparse.Namespace) -> None:
+    from nas.space import load_space
+    space = load_space(args.space)
+    bounds = space.cost_bounds()
+    info: dict[str, Any] = {"name": space.name, "file": args.space, "hash": space.hash, "size": space.size(),
+                            "dimensions": len(space.dims), **bounds, "budget": space.budget}
+    if args.json:
+        info["choices"] = [{"path": d.path, "line": d.line, "values": list(d.values)} for d in space.dims]
+        print(json.dumps(info, indent=2))
+        return
+    print(f"space {space.name} ({args.space}), hash {space.hash}")
+    print(f"  {space.size():,} archs over {len(space.dims)} dimensions")
+    print(f"  MACs   {human(bounds['min_macs'])} .. {human(bounds['max_macs'])}")
+    print(f"  params {human(bounds['min_params'])} .. {human(bounds['max_params'])}")
+    if space.budget:
+        print("  budget " + ", ".join(f"{k} {human(v)}" for k, v in space.budget.items()))
+    print("  choices:")
+    for d in space.dims:
+        print(f"    line {d.line:<4} {d.path:<28} {' | '.join(str(v) for v in d.values)}")
+
+
+def cmd_space_sample(args: argparse.Namespace) -> None:
+    from nas.cost import cost
+    from nas.space import arch_yaml, load_space, save_arch
+    space = load_space(args.space)
+    import random
+    rng = random.Random(args.seed)
+    for i in range(args.n):
+        arch = space.sample(rng)
+        c = cost(arch)
+        if args.out:
+            path = Path(args.out) / f"{space.name}-{i:03d}-{arch.hash()}.yaml"
+            save_arch(arch, path)
+            print(f"{path}  MACs {human(c.macs)}  params {human(c.params)}")
+        else:
+            print(f"--- # {space.name} sample {i}: MACs {human(c.macs)}, params {human(c.params)}, hash {arch.hash()}")
+            print(arch_yaml(arch), end="")
+
+
+def cmd_flops(args: argparse.Namespace) -> None:
+    from nas.arch import Arch
+    from nas.cost import cost
+    from nas.space import load_any
+    obj = load_any(args.file)
+    if isinstance(obj, Arch):
+        c = cost(obj)
+        info: dict[str, Any] = {"macs": c.macs, "params": c.params}
+        if obj.data_dependent:
+            info.update(macs_min=c.macs_min, macs_max=c.macs_max)
+        if args.data:
+            from nas.measure import measure_arch
+            info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed))
+        if args.json:
+            print(json.dumps(info))
+        else:
+            print("  ".join(f"{k} {human(v) if isinstance(v, int) else v}" for k, v in info.items()))
+        return
+    if args.data:
+        raise NasError("--data measures one arch; give an arch file, not a space", file=args.file)
+    info = obj.cost_bounds()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print("  ".join(f"{k} {human(v)}" for k, v in info.items()))
+
+
+# --- parser -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
+    p.add_argument("--version", action="version", version=f"nas {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    space = sub.add_parser("space", help="validate, show or sample a search space")
+    ssub = space.add_subparsers(dest="space_command", metavar="ACTION", parser_class=_Parser)
+    v = ssub.add_parser("validate", help="check a space file; exit 2 with file:line on the first problem")
+    v.add_argument("space")
+    v.set_defaults(func=cmd_space_validate)
+    s = ssub.add_parser("show", help="size, MACs and params range, and the choices of a space")
+    s.add_argument("space")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_space_show)
+    sm = ssub.add_parser("sample", help="sample archs uniformly; print them or write arch files")
+    sm.add_argument("space")
+    sm.add_argument("-n", type=int, default=1, help="how many (default 1)")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--out", help="folder to write arch files into (default: print YAML)")
+    sm.set_defaults(func=cmd_space_sample)
+
+    f = sub.add_parser("flops", help="MACs and params of an arch file, or their range over a space")
+    f.add_argument("file")
+    f.add_argument("--json", action="store_true")
+    f.add_argument("--data", help="measure mean MACs over this data (data-dependent archs: ATS, CF-ViT)")
+    f.add_argument("--images", type=int, default=256, help="images to measure over with --data (default 256)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_flops)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not hasattr(args, "func"):
+            build_parser().parse_args([*argv, "--help"])
+        args.func(args)
+        return 0
+    except NasError as e:
+        if debug:
+            raise
+        print(f"nas: error: {e.format()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
