@@ -2,27 +2,36 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
 from nas.arch import Arch
 from nas.space.schema import Parser, parse_size
 from nas.space.space import Dimension, SearchSpace
-from nas.space.yamlnodes import load_nodes
+from nas.errors import NasError
+from nas.space.yamlnodes import Node, load_nodes
 
 __all__ = ["SearchSpace", "Dimension", "load_space", "load_arch", "save_arch", "parse_size", "load_any"]
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    """Read and validate a search-space file. Raises ``NasError`` naming file:line and key on bad input."""
-    return SearchSpace(Parser(allow_choices=True).parse(load_nodes(path)), file=str(path))
+def load_space(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space file. Raises ``NasError`` naming file:line and key on bad input.
+
+    ``overrides`` replaces values before validation, by dotted key path (``{"input.size": 32,
+    "stages[0].dim": 64}``); a path that is not in the file is an error, as in big_vision.
+    """
+    root = apply_overrides(load_nodes(path), overrides or {})
+    return SearchSpace(Parser(allow_choices=True).parse(root), file=str(path))
 
 
-def load_arch(path: str | os.PathLike) -> Arch:
+def load_arch(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Arch:
     """Read and validate an arch file (a space with every value fixed, plus provenance)."""
-    return Arch.from_dict(Parser(allow_choices=False).parse(load_nodes(path)))
+    root = apply_overrides(load_nodes(path), overrides or {})
+    return Arch.from_dict(Parser(allow_choices=False).parse(root))
 
 
 def load_any(path: str | os.PathLike) -> Arch | SearchSpace:
@@ -49,3 +58,48 @@ def save_arch(arch: Arch, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _to_node(value: Any, line: int, path: str, file: str) -> Node:
+    if isinstance(value, dict):
+        return Node({k: _to_node(v, line, f"{path}.{k}", file) for k, v in value.items()}, line, path, file)
+    if isinstance(value, (list, tuple)):
+        return Node([_to_node(v, line, f"{path}[{i}]", file) for i, v in enumerate(value)], line, path, file)
+    return Node(value, line, path, file)
+
+
+def apply_overrides(root: Node, overrides: Mapping[str, Any]) -> Node:
+    """Replace values at dotted key paths (``a.b[2].c``). Every path must exist in the file."""
+    for path, value in overrides.items():
+        parent, node, last = None, root, None
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+            parent, last = node, part
+            if part.startswith("[") and isinstance(node.value, list) and int(part[1:-1]) < len(node.value):
+                node = node.value[int(part[1:-1])]
+            elif not part.startswith("[") and node.is_map and part in node.value:
+                node = node.value[part]
+            else:
+                known = ", ".join(node.value) if node.is_map else f"indices 0..{len(node.value) - 1}" \
+                    if isinstance(node.value, list) else "none (a value)"
+                raise NasError(f"cannot override {path!r}: {part.strip('[]')!r} is not in the file "
+                               f"(keys there: {known})", file=root.file, line=node.line, key=path)
+        new = _to_node(value, node.line, node.path, node.file)
+        if last.startswith("["):
+            parent.value[int(last[1:-1])] = new
+        else:
+            parent.value[last] = new
+    return root
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """CLI ``--set key=value`` items -> overrides; values are read as YAML scalars/flow (``[1, 2]``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise NasError(f"--set expects key.path=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise NasError(f"--set {key}: cannot read value {text!r} as YAML") from None
+    return out
