@@ -1,0 +1,193 @@
+"""Static ViT built from an Arch: tokenizer, stages of cells, token pooling between stages, norm, head.
+
+Module layout (a weight-sharing supernet maps onto it 1:1)::
+
+    model.tokenizer          img (B, C, H, W) -> tokens (B, N, C0), cls first when the arch has one
+    model.stages[s].cells[c] Block ("basic"), SharedPair ("shared_pair") or nn.Identity ("identity")
+    model.poolings[s]        between stage s and s+1 (nn.Identity for pooling type "none")
+    model.norm, model.head   final LayerNorm; Linear on the cls token ("cls") or on the mean patch token ("gap")
+
+Decisions where the spec is silent:
+- Patch tokenizer = timm PatchEmbed (conv, bias) + cls token + a learned absolute position table that also
+  covers the cls position, added once (DeiT); with no cls token (2d pooling + gap head) the table covers the
+  patch tokens only.
+- Init like timm's ViT: every Linear trunc_normal_(std 0.02) with zero bias, cls and position tables
+  trunc_normal_(0.02), LayerNorm ones/zeros, convolutions at PyTorch's default. A progressive tokenizer keeps
+  its own init (its zero-initialised offset heads must stay zero).
+- ``gap`` averages the patch tokens only (a cls token, when present, is left out, as in timm).
+- ``num_classes == 0``: no head; ``forward`` returns the pooled features (B, C_last).
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import PatchEmbed, trunc_normal_
+from torch import nn
+
+from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, CELL_KINDS
+from nas.errors import NasError
+from nas.models.layers import Block
+from nas.models.pooling import build_pooling
+
+
+def init_weights(m: nn.Module) -> None:
+    """timm ViT init for Linear layers (``module.apply(init_weights)``)."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class PatchTokens(nn.Module):
+    """DeiT tokenizer: non-overlapping patches -> Linear embedding, cls token prepended, positions added."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, cls_token: bool = True) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        n = self.patch_embed.num_patches + int(cls_token)
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(img)  # (B, N, C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
+        return x + self.pos_embed
+
+
+class SharedPair(nn.Module):
+    """PSViT's sharing cell: two layers, the second reuses the first's attention map (computes V only)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, qkv_bias: bool = True, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.first = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
+        self.second = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, shared=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, C) -> (x (B, N, C), the shared map (B, h, N, N))."""
+        x, attn = self.first(x, mask=mask, need_map=True)  # the map is consumed by the second layer
+        return self.second(x, attn=attn, mask=mask)
+
+
+def build_cell(kind: str, dim: int, heads: int, hidden: int, qkv_bias: bool, norm_eps: float) -> nn.Module:
+    if kind == "basic":
+        return Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
+    if kind == "shared_pair":
+        return SharedPair(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
+    if kind == "identity":
+        return nn.Identity()  # kept so that cell indices match the Arch
+    raise NasError(f"unknown cell kind {kind!r}; allowed: {', '.join(CELL_KINDS)}", key="stages.cells")
+
+
+def run_cells(cells: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run one stage's cells in order. x (B, N, C) -> (B, N, C). No map is kept across cells."""
+    for cell in cells:
+        if isinstance(cell, (Block, SharedPair)):
+            x, _ = cell(x, mask=mask)
+        # nn.Identity: nothing to do
+    return x
+
+
+class ViTStage(nn.Module):
+    """Cells sharing one token count and width."""
+
+    def __init__(self, cells: list[nn.Module]) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList(cells)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return run_cells(self.cells, x, mask)
+
+
+def build_tokenizer(arch: Arch) -> nn.Module:
+    """The tokenizer module for ``arch.tokenizer``: img (B, C, H, W) -> (B, N, C0), cls first if any."""
+    tok = arch.tokenizer
+    if isinstance(tok, PatchTokenizer):
+        return PatchTokens(arch.img_size, tok.patch_size, arch.in_chans, arch.stages[0].dim, arch.has_cls_token)
+    if isinstance(tok, ProgressiveTokenizer):
+        from nas.models.progressive import ProgressiveSampling  # lazy: optional module, heavy stem
+        return ProgressiveSampling(arch)
+    raise NasError(f"unknown tokenizer {tok!r}; allowed: patch, progressive, coarse_fine", key="tokenizer.type")
+
+
+def check_arch(arch: Arch) -> None:
+    """The structural rules a model needs; raises NasError naming the key at fault."""
+    if not arch.stages:
+        raise NasError("an arch needs at least one stage", key="stages")
+    if arch.head not in ("cls", "gap"):
+        raise NasError(f"unknown head {arch.head!r}; allowed: cls, gap", key="head")
+    if arch.num_classes < 0:
+        raise NasError(f"num_classes must be >= 0, got {arch.num_classes}", key="num_classes")
+    for s, st in enumerate(arch.stages):
+        if st.dim < 1 or st.heads < 1 or st.dim % st.heads:
+            raise NasError(f"dim {st.dim} must be a positive multiple of heads {st.heads}", key=f"stages[{s}].heads")
+        if st.hidden < 1:
+            raise NasError(f"mlp_ratio {st.mlp_ratio} gives an empty MLP at dim {st.dim}",
+                           key=f"stages[{s}].mlp_ratio")
+        for c, kind in enumerate(st.cells):
+            if kind not in CELL_KINDS:
+                raise NasError(f"unknown cell kind {kind!r}; allowed: {', '.join(CELL_KINDS)}",
+                               key=f"stages[{s}].cells[{c}]")
+    if isinstance(arch.tokenizer, PatchTokenizer):
+        p = arch.tokenizer.patch_size
+        if p < 1 or arch.img_size % p:
+            raise NasError(f"input size {arch.img_size} is not a multiple of patch_size {p}",
+                           key="tokenizer.patch_size")
+
+
+class VisionTransformer(nn.Module):
+    """A static (every cell fixed) ViT for one Arch; see the module docstring for the layout."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        check_arch(arch)
+        if arch.data_dependent:
+            raise ValueError("VisionTransformer builds static archs only (no ATS, no coarse_fine); "
+                             "use nas.models.build_model")
+        self.arch = arch
+        self.head_type = arch.head
+        self.num_prefix = int(arch.has_cls_token)
+        self.tokenizer = build_tokenizer(arch)
+        self.stages = nn.ModuleList(
+            ViTStage([build_cell(k, st.dim, st.heads, st.hidden, arch.qkv_bias, arch.norm_eps) for k in st.cells])
+            for st in arch.stages)
+        self.poolings = nn.ModuleList(
+            build_pooling(arch.pooling, a.dim, b.dim, arch.has_cls_token)
+            for a, b in zip(arch.stages[:-1], arch.stages[1:]))
+        dim = arch.stages[-1].dim
+        self.norm = nn.LayerNorm(dim, eps=arch.norm_eps)
+        self.head = nn.Linear(dim, arch.num_classes) if arch.num_classes > 0 else nn.Identity()
+        for m in (self.stages, self.poolings, self.head):
+            m.apply(init_weights)
+
+    def forward_features(self, img: torch.Tensor) -> torch.Tensor:
+        """img (B, C, H, W) -> normalised tokens of the last stage (B, N_last, C_last)."""
+        x = self.tokenizer(img)  # (B, N0, C0)
+        for s, stage in enumerate(self.stages):
+            x = run_cells(stage.cells, x)
+            if s < len(self.poolings):
+                x = self.poolings[s](x)  # (B, N_{s+1}, C_{s+1})
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> logits (B, num_classes), or pooled features (B, C) without a head."""
+        x = x[:, 0] if self.head_type == "cls" else x[:, self.num_prefix:].mean(dim=1)  # (B, C)
+        return self.head(x)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(img))
+
+
+def build_model(arch: Arch | str) -> nn.Module:
+    """Build the static model of an Arch, or of a registered arch name (``nas.models.zoo.list_archs()``)."""
+    if isinstance(arch, str):
+        from nas.models.zoo import get_arch
+        arch = get_arch(arch)
+    # The data-dependent models dispatch here, one line each.
+    if isinstance(arch.tokenizer, CoarseFineTokenizer):
+        raise NotImplementedError("the coarse_fine tokenizer (CF-ViT) is not implemented in build_model yet")
+    if arch.ats is not None:
+        raise NotImplementedError("ATS (arch.ats) is not implemented in build_model yet")
+    return VisionTransformer(arch)
