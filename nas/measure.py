@@ -1,0 +1,94 @@
+"""Measured cost of data-dependent models: mean, worst and best executed MACs per image over data.
+
+Protocol (every model family follows it, so one function measures them all): after each ``forward(x)``
+on a batch of B images the model holds, in the attribute ``last_macs``, the multiply-accumulates that each
+image executes when run alone, as a (B,) integer tensor (fvcore convention: matmul/linear/conv only; see
+methods.md). "Alone" matters: padding to a common token count within a batch is an implementation detail
+and never counts. A static model (same cost for every image) may store a plain int or a 0-d tensor, which
+stands for every image of the batch. Examples: ``nas.models.ats.ATSViT`` (tokens kept per image),
+CF-ViT (coarse only, or coarse + fine, per image), static ViTs (a constant).
+
+``measure_cost`` runs the model in eval mode without gradients (and restores its mode), so the numbers are
+those of inference, the paper's protocol (ATS averages over the ImageNet validation set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from nas.errors import NasError
+
+__all__ = ["MeasuredCost", "measure_cost", "batch_macs"]
+
+
+@dataclass(frozen=True)
+class MeasuredCost:
+    """Per-image MACs observed over ``images`` images: their mean, the largest and the smallest."""
+    macs_mean: float
+    macs_worst: int
+    macs_best: int
+    images: int
+
+
+def batch_macs(model: nn.Module, batch_size: int) -> torch.Tensor:
+    """The (B,) int64 MACs that ``model`` recorded in its last forward, per the protocol above."""
+    macs = getattr(model, "last_macs", None)
+    if macs is None:
+        raise NasError(f"{type(model).__name__} does not record per-image MACs: after forward it must set "
+                       "`last_macs` to a (B,) tensor of the MACs each image executes alone (see nas.measure)")
+    macs = torch.as_tensor(macs).detach().to("cpu", torch.int64)
+    if macs.dim() == 0:
+        macs = macs.expand(batch_size)
+    if macs.shape != (batch_size,):
+        raise NasError(f"{type(model).__name__}.last_macs has shape {tuple(macs.shape)}; expected ({batch_size},) "
+                       "or a scalar")
+    return macs
+
+
+def _images(batch: Any) -> torch.Tensor:
+    """Loaders yield images, (images, labels, ...) tuples or dicts with an 'image'/'images'/'x' entry."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("image", "images", "x", "input"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+    raise NasError(f"cannot find images in a batch of type {type(batch).__name__}: expected a tensor, "
+                   "an (images, labels) pair or a dict with an 'image' entry")
+
+
+def measure_cost(model: nn.Module, loader: Iterable[Any], max_batches: int | None = None) -> MeasuredCost:
+    """Mean / worst / best per-image MACs of ``model`` over ``loader`` (at most ``max_batches`` batches).
+
+    Worst and best are the extremes observed on this data, not analytic bounds (for ATS those are
+    ``ATSViT.macs_bounds()``).
+    """
+    if max_batches is not None and max_batches < 1:
+        raise NasError(f"max_batches must be >= 1 or None; got {max_batches}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    total, worst, best, count = 0, None, None, 0
+    try:
+        with torch.no_grad():
+            for b, batch in enumerate(loader):
+                if max_batches is not None and b >= max_batches:
+                    break
+                x = _images(batch).to(device)
+                model(x)
+                macs = batch_macs(model, x.shape[0])
+                total += int(macs.sum())
+                worst = int(macs.max()) if worst is None else max(worst, int(macs.max()))
+                best = int(macs.min()) if best is None else min(best, int(macs.min()))
+                count += macs.numel()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise NasError("measure_cost got no images: the loader is empty")
+    return MeasuredCost(macs_mean=total / count, macs_worst=worst, macs_best=best, images=count)
