@@ -150,8 +150,80 @@ def cost(arch: Arch) -> Cost:
     """MACs (one image) and parameters of ``arch``; see the module docstring for what is counted."""
     # The data-dependent methods dispatch here, one line each.
     if isinstance(arch.tokenizer, CoarseFineTokenizer):
-        raise NotImplementedError("cost of the coarse_fine tokenizer (CF-ViT) is not implemented yet")
-    if arch.ats is not None:
-        raise NotImplementedError("cost of ATS (arch.ats: macs_min/macs_max) is not implemented yet")
+        from nas.models.coarse_fine import coarse_fine_cost  # lazy: written alongside the model
+        return coarse_fine_cost(arch)
     macs, params = static_cost(arch)
+    if arch.ats is not None:
+        lo, hi = ats_macs_bounds(arch)
+        return Cost(hi, params, lo, hi)
     return Cost(macs, params, macs, macs)
+
+
+def _ats_layers(arch: Arch):
+    """(global cell index, dim, hidden, shared, is the ATS layer) for every layer of the ATS stages."""
+    g = 0
+    for st in arch.stages:
+        for kind in st.cells:
+            if kind != "identity":
+                sample = g in arch.ats.blocks
+                yield g, st.dim, st.hidden, False, sample and kind == "basic"
+                if kind == "shared_pair":
+                    yield g, st.dim, st.hidden, True, sample
+            g += 1
+
+
+def ats_fixed_macs(arch: Arch) -> int:
+    """MACs that do not depend on ATS's choices: everything except the layers of the stage(s) ATS acts in.
+
+    The schema keeps ATS after the last token pooling, so the ATS stages are the last ones (all stages
+    when there is no pooling); the tokenizer, poolings and head are fixed.
+    """
+    lo, _ = static_cost(arch)
+    n = stage_tokens(arch)
+    for s, st in enumerate(arch.stages):
+        if ats_stage(arch, s):
+            full = st.cells.count("basic") + st.cells.count("shared_pair")
+            lo -= full * layer_macs(n[s], st.dim, st.hidden) + st.cells.count("shared_pair") * layer_macs(
+                n[s], st.dim, st.hidden, shared=True)
+    return lo
+
+
+def ats_stage(arch: Arch, s: int) -> bool:
+    """Whether stage ``s`` can hold ATS cells (after the last pooling; every stage without pooling)."""
+    return arch.pooling.type == "none" or s == len(arch.stages) - 1
+
+
+def ats_macs_bounds(arch: Arch) -> tuple[int, int]:
+    """(macs_min, macs_max) of an ATS arch, per image.
+
+    Worst case: every ATS layer keeps its full budget K (from the worst-case tokens entering it); best
+    case: every ATS layer keeps one patch token (K' = 1, the fewest inverse-transform sampling keeps).
+    ATS layer MACs (methods.md section 2): ``layer_macs(n_in, ..., n_out=K'+1)``.
+    """
+    from nas.models.ats import budget
+
+    lo = hi = ats_fixed_macs(arch)
+    tokens = stage_tokens(arch)
+    first = next(s for s in range(len(arch.stages)) if ats_stage(arch, s))
+    n_lo = n_hi = tokens[first]
+    for g, d, h, shared, sample in _ats_layers(arch):
+        if not ats_stage(arch, _stage_of(arch, g)):
+            continue
+        if sample:
+            out_hi = 1 + budget(n_hi - 1, arch.ats.keep, arch.ats.k)
+            out_lo = min(2, n_lo)
+            hi += layer_macs(n_hi, d, h, shared, n_out=out_hi)
+            lo += layer_macs(n_lo, d, h, shared, n_out=out_lo)
+            n_hi, n_lo = out_hi, out_lo
+        else:
+            hi += layer_macs(n_hi, d, h, shared)
+            lo += layer_macs(n_lo, d, h, shared)
+    return lo, hi
+
+
+def _stage_of(arch: Arch, g: int) -> int:
+    for s, st in enumerate(arch.stages):
+        if g < len(st.cells):
+            return s
+        g -= len(st.cells)
+    raise IndexError(g)

@@ -13,7 +13,7 @@ import yaml
 
 from nas.space import load_arch
 
-from nas.arch import ATS, Arch, CoarseFineTokenizer, Pooling, ProgressiveTokenizer, Stage
+from nas.arch import Arch, Pooling, ProgressiveTokenizer, Stage
 from nas.cost import Cost, cost, layer_macs, layer_params, stage_tokens
 from nas.errors import NasError
 from nas.models import build_model, get_arch
@@ -164,10 +164,3 @@ def test_progressive_tokenizer_dispatch():
     torch.manual_seed(0)
     _check_equal(arch)
     assert stage_tokens(arch) == [17, 9]
-
-
-def test_data_dependent_costs_not_yet():
-    with pytest.raises(NotImplementedError, match="ATS"):
-        cost(replace(get_arch("vit_test_patch4_32"), ats=ATS((1,), keep=0.5)))
-    with pytest.raises(NotImplementedError, match="coarse_fine"):
-        cost(replace(get_arch("vit_test_patch4_32"), tokenizer=CoarseFineTokenizer(4, 4)))

@@ -143,9 +143,8 @@ class VisionTransformer(nn.Module):
     def __init__(self, arch: Arch) -> None:
         super().__init__()
         check_arch(arch)
-        if arch.data_dependent:
-            raise ValueError("VisionTransformer builds static archs only (no ATS, no coarse_fine); "
-                             "use nas.models.build_model")
+        if isinstance(arch.tokenizer, CoarseFineTokenizer):
+            raise ValueError("VisionTransformer does not run the coarse_fine tokenizer; use nas.models.build_model")
         self.arch = arch
         self.head_type = arch.head
         self.num_prefix = int(arch.has_cls_token)
@@ -161,19 +160,78 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, arch.num_classes) if arch.num_classes > 0 else nn.Identity()
         for m in (self.stages, self.poolings, self.head):
             m.apply(init_weights)
+        from nas.cost import ats_fixed_macs, cost
+        self.macs = cost(arch).macs  # per image; for ATS the worst case
+        self.fixed_macs = ats_fixed_macs(arch) if arch.ats is not None else self.macs
+        self.last_macs: torch.Tensor | None = None
+        self.last_mask: torch.Tensor | None = None
+        self.last_kept: list[torch.Tensor] = []
 
     def forward_features(self, img: torch.Tensor) -> torch.Tensor:
-        """img (B, C, H, W) -> normalised tokens of the last stage (B, N_last, C_last)."""
+        """img (B, C, H, W) -> normalised tokens of the last stage (B, N_last, C_last).
+
+        Sets ``last_macs``, the MACs each image executes alone (the ``nas.measure`` protocol). With ATS the
+        token count differs per image: the batch is padded, ``last_mask`` (B, N_last) marks real rows,
+        padded rows are zero and ``last_kept`` lists the kept token positions of each ATS cell.
+        """
         x = self.tokenizer(img)  # (B, N0, C0)
+        if self.arch.ats is not None:
+            return self._forward_ats(x)
         for s, stage in enumerate(self.stages):
             x = run_cells(stage.cells, x)
             if s < len(self.poolings):
                 x = self.poolings[s](x)  # (B, N_{s+1}, C_{s+1})
+        self.last_macs, self.last_mask = torch.full((x.shape[0],), self.macs, dtype=torch.long), None
+        return self.norm(x)
+
+    def _forward_ats(self, x: torch.Tensor) -> torch.Tensor:
+        """The stages with ATS in the cells ``arch.ats.blocks`` (their last layer samples tokens)."""
+        from nas.cost import ats_stage, layer_macs
+        from nas.models.ats import ats_block
+
+        a = self.arch.ats
+        B, N, _ = x.shape
+        n = torch.full((B,), N, dtype=torch.long, device=x.device)  # real tokens per image, cls included
+        pos = torch.arange(N, device=x.device).expand(B, N)          # original position of every row
+        macs, mask, kept, g = torch.full_like(n, self.fixed_macs), None, [], 0
+        for s, (stage, st) in enumerate(zip(self.stages, self.arch.stages)):
+            d, h = st.dim, st.hidden
+            if not ats_stage(self.arch, s):  # before the last pooling: static, counted in fixed_macs
+                x, g = run_cells(stage.cells, x), g + len(stage.cells)
+            for cell in stage.cells if ats_stage(self.arch, s) else ():
+                if isinstance(cell, nn.Identity):
+                    pass
+                elif g not in a.blocks:
+                    x, _ = cell(x, mask=mask)
+                    pair = isinstance(cell, SharedPair)
+                    macs = macs + layer_macs(n, d, h) + (layer_macs(n, d, h, shared=True) if pair else 0)
+                else:  # ATS in the cell's last layer; a shared second layer samples with the inherited map
+                    block, attn = cell, None
+                    if isinstance(cell, SharedPair):
+                        x, attn = cell.first(x, mask=mask, need_map=True)
+                        macs, block = macs + layer_macs(n, d, h), cell.second
+                    x, mask, index = ats_block(block, x, mask, keep=a.keep, k=a.k, attn=attn)
+                    n_out = mask.sum(dim=1)
+                    macs = macs + layer_macs(n, d, h, shared=block.attn.shared, n_out=n_out)
+                    pos = pos.gather(1, index.clamp(min=0)).masked_fill(~mask, -1)
+                    kept.append(pos)
+                    n = n_out
+                g += 1
+            if s < len(self.poolings):  # the schema keeps ATS after the last pooling: mask is None here
+                x = self.poolings[s](x)
+                n = torch.full_like(n, x.shape[1])
+        self.last_macs, self.last_mask, self.last_kept = macs, mask, kept
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> logits (B, num_classes), or pooled features (B, C) without a head."""
-        x = x[:, 0] if self.head_type == "cls" else x[:, self.num_prefix:].mean(dim=1)  # (B, C)
+        if self.head_type == "cls":
+            x = x[:, 0]                                                        # (B, C)
+        elif self.last_mask is not None:  # ATS: mean over the real patch tokens only
+            m = self.last_mask[:, self.num_prefix:, None].to(x.dtype)
+            x = (x[:, self.num_prefix:] * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        else:
+            x = x[:, self.num_prefix:].mean(dim=1)
         return self.head(x)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
@@ -187,7 +245,6 @@ def build_model(arch: Arch | str) -> nn.Module:
         arch = get_arch(arch)
     # The data-dependent models dispatch here, one line each.
     if isinstance(arch.tokenizer, CoarseFineTokenizer):
-        raise NotImplementedError("the coarse_fine tokenizer (CF-ViT) is not implemented in build_model yet")
-    if arch.ats is not None:
-        raise NotImplementedError("ATS (arch.ats) is not implemented in build_model yet")
+        from nas.models.coarse_fine import CoarseFineViT  # lazy: CF-ViT, paper 004
+        return CoarseFineViT(arch)
     return VisionTransformer(arch)

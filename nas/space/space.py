@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from nas.arch import Arch, Provenance
+from nas.arch import Arch
 from nas.space.schema import Choice, Subset
 
 

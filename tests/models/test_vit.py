@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch import ATS, Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, Stage
+from nas.arch import Arch, PatchTokenizer, Pooling, Stage
 from nas.errors import NasError
 from nas.models import SharedPair, build_model, get_arch, list_archs, run_cells
 from nas.models.layers import Block
@@ -233,10 +233,3 @@ def test_user_errors_are_nas_errors(change, key):
     with pytest.raises(NasError) as err:
         build_model(replace(get_arch("vit_test_patch4_32"), **change))
     assert err.value.key == key
-
-
-def test_data_dependent_archs_not_yet_built():
-    with pytest.raises(NotImplementedError, match="ATS"):
-        build_model(replace(get_arch("vit_test_patch4_32"), ats=ATS((1,), keep=0.5)))
-    with pytest.raises(NotImplementedError, match="coarse_fine"):
-        build_model(replace(get_arch("vit_test_patch4_32"), tokenizer=CoarseFineTokenizer(4, 4)))
