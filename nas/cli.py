@@ -88,7 +88,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
             info.update(macs_min=c.macs_min, macs_max=c.macs_max)
         if args.data:
             from nas.measure import measure_arch
-            info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed))
+            info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed, weights=args.weights))
         if args.json:
             print(json.dumps(info))
         else:
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true")
     f.add_argument("--data", help="measure mean MACs over this data (data-dependent archs: ATS, CF-ViT)")
     f.add_argument("--images", type=int, default=256, help="images to measure over with --data (default 256)")
+    f.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_flops)
     return p

@@ -14,14 +14,17 @@ those of inference, the paper's protocol (ATS averages over the ImageNet validat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import nn
 
 from nas.errors import NasError
 
-__all__ = ["MeasuredCost", "measure_cost", "batch_macs"]
+if TYPE_CHECKING:
+    from nas.arch import Arch
+
+__all__ = ["MeasuredCost", "measure_cost", "measure_arch", "batch_macs"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,27 @@ def measure_cost(model: nn.Module, loader: Iterable[Any], max_batches: int | Non
     if count == 0:
         raise NasError("measure_cost got no images: the loader is empty")
     return MeasuredCost(macs_mean=total / count, macs_worst=worst, macs_best=best, images=count)
+
+
+def measure_arch(arch: "Arch", data: str, images: int = 256, seed: int = 0, weights: str | None = None,
+                 batch_size: int = 32) -> dict[str, float | int]:
+    """Build ``arch`` (with ``weights`` from a safetensors file, else seeded random init) and measure its
+    executed MACs per image over ``images`` images of the evaluation split of ``data`` (``nas flops --data``).
+
+    Without trained weights the sampling decisions (ATS, CF-ViT's early exit) are those of an untrained
+    model: the numbers are honest measurements of that model, not of a trained one.
+    """
+    from safetensors.torch import load_model
+
+    from nas.data import load_data, make_loader
+    from nas.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    if weights is not None:
+        load_model(model, weights)
+    splits = load_data(data, arch.img_size, arch.in_chans, seed=seed, limit={"val": images})
+    loader = make_loader(splits.val, batch_size=batch_size, shuffle=False, seed=seed)
+    m = measure_cost(model, loader)
+    return {"macs_mean": round(m.macs_mean), "macs_worst_seen": m.macs_worst, "macs_best_seen": m.macs_best,
+            "images": m.images}
