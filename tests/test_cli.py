@@ -34,6 +34,7 @@ def test_version():
     ("ps_vit_ti_14", 4.78e6, 1.58e9, 0.01), ("ps_vit_b_10", 21.34e6, 3.11e9, 0.01),
     ("ps_vit_b_14", 21.34e6, 5.40e9, 0.01), ("ps_vit_b_16", 21.34e6, 6.94e9, 0.01),
     ("ps_vit_b_18", 21.34e6, 8.77e9, 0.01), ("deit_small_ats", 22_050_664, 4.61e9, 0.01),
+    ("cf_vit_deit_s_7x7", 23.25e6, 4.02e9, 0.01),
 ])
 def test_flops_json_reproduces_published_figures(capsys, name, params, macs, tol):
     code, out, err = run(capsys, "flops", str(REF / f"{name}.yaml"), "--json")
@@ -50,6 +51,12 @@ def test_flops_of_data_dependent_arch_has_bounds(capsys):
     code, out, _ = run(capsys, "flops", str(REF / "deit_small_ats.yaml"), "--json")
     info = json.loads(out)
     assert info["macs"] == info["macs_max"] > info["macs_min"]
+
+
+def test_flops_of_cf_vit_coarse_only_is_macs_min(capsys):
+    code, out, _ = run(capsys, "flops", str(REF / "cf_vit_deit_s_7x7.yaml"), "--json")
+    info = json.loads(out)
+    assert abs(info["macs_min"] - 1.10e9) <= 0.01 * 1.10e9 and info["macs"] == info["macs_max"]
 
 
 def test_flops_of_a_space_prints_its_range(capsys):
