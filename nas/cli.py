@@ -103,6 +103,13 @@ def cmd_flops(args: argparse.Namespace) -> None:
         print("  ".join(f"{k} {human(v)}" for k, v in info.items()))
 
 
+def cmd_train_supernet(args: argparse.Namespace) -> None:
+    from nas.train import train_supernet
+    r = train_supernet(args.space, data=args.data, recipe=args.recipe, out=args.out, resume=args.resume)
+    print(f"{r.weights}  {r.steps} steps over {r.epochs} epochs, {r.seconds:.1f} s, {r.images_per_s:.0f} img/s"
+          + (f", resumed from step {r.resumed_from}" if r.resumed_from is not None else ""))
+
+
 # --- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
@@ -134,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_flops)
+
+    t = sub.add_parser("train-supernet", help="train a weight-sharing SPOS supernet over a space (resumable)")
+    t.add_argument("space")
+    t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]] or an "
+                   "ImageFolder root with train/ and val/")
+    t.add_argument("--recipe", help="training recipe YAML (default: the PSViT supernet recipe, "
+                   "recipes/spos_supernet.yaml)")
+    t.add_argument("--out", help="run directory (default runs/<space name>-supernet); re-running on it resumes")
+    t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
+    t.set_defaults(func=cmd_train_supernet)
     return p
 
 

@@ -1,0 +1,321 @@
+"""Training recipes: YAML files validated like search spaces (file:line errors, did-you-mean, ranges).
+
+A recipe says *how* to train (optimiser, schedule, loss, augmentation, arch sampling, data options, space
+overrides); the space says *what*. ``Recipe()`` with no arguments is the PSViT supernet recipe (paper 003,
+section 4.1): Nesterov SGD, momentum 0.9, lr 0.2 cosine-annealed to 0, batch 1024, weight decay 1e-4,
+100 epochs, label smoothing 0.1; ``recipes/spos_supernet.yaml`` spells the same values out.
+
+Keys (all optional; defaults in brackets)::
+
+    name: str                       # [file stem]
+    description: str
+    seed: int >= 0                  # [0] model init, data split and order, arch sampling, augmentation
+    epochs: int >= 1                # [100]
+    batch_size: int >= 1            # [1024] images per optimiser step (no lr scaling is applied)
+    optimizer:  {name: sgd | adamw [sgd], lr > 0 [0.2], weight_decay >= 0 [1e-4],
+                 momentum in [0, 1) [0.9] and nesterov [true] (sgd only), betas [[0.9, 0.999]], eps (adamw only)}
+    schedule:   {name: cosine | none [cosine], min_lr [0], warmup_epochs [0], warmup_lr [1e-6]}
+    label_smoothing: [0, 1)         # [0.1]
+    mixup:      {mixup_alpha [0], cutmix_alpha [0], prob [1], switch_prob [0.5]}   # off when both alphas are 0
+    sampler:    {type: uniform | flops_bins [uniform], bins [10], max_tries [100]}
+    data:       {holdout [0.1], limit [null]: int or {train, search, val}, num_workers [0]}
+    grad_clip: >= 0                 # [0 = off] max global gradient norm
+    checkpoint: {every_steps [0 = epoch ends only], keep [2]}
+    device: auto | cpu | cuda       # [auto]
+    space_overrides: {key.path: value, ...}   # applied to the space file (nas.space.load_space overrides)
+
+Decisions where the brief was silent:
+
+- Optimisers and schedules are timm's (``create_optimizer_v2``: weight decay skips biases and norm weights, as in
+  timm/DeiT; ``create_scheduler_v2`` stepped per update, so cosine anneals smoothly over all steps to ``min_lr``).
+- ``schedule: {name: none}`` keeps the lr constant (warmup keys are then not allowed).
+- Mixup/CutMix needs an even batch size (timm's rule), checked here so the error names the recipe line.
+- The recipe hash (``Recipe.hash``) covers every key but ``name`` and ``description``: a run directory refuses to
+  resume under a recipe whose hash differs, even for keys that do not change the numbers (``num_workers``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nas.errors import NasError
+from nas.space.schema import Reader, boolean, integer, number, one_of, text
+from nas.space.yamlnodes import Node, load_nodes
+
+SPLITS = ("train", "search", "val")
+
+
+@dataclass(frozen=True)
+class OptimizerCfg:
+    name: str = "sgd"
+    lr: float = 0.2
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``timm.optim.create_optimizer_v2`` (timm's 'sgd' is Nesterov, 'momentum' is not)."""
+        if self.name == "sgd":
+            return {"opt": "sgd" if self.nesterov else "momentum", "lr": self.lr,
+                    "weight_decay": self.weight_decay, "momentum": self.momentum}
+        return {"opt": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas,
+                "eps": self.eps}
+
+
+@dataclass(frozen=True)
+class ScheduleCfg:
+    name: str = "cosine"
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+
+
+@dataclass(frozen=True)
+class MixupCfg:
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+
+    @property
+    def active(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+@dataclass(frozen=True)
+class SamplerCfg:
+    type: str = "uniform"
+    bins: int = 10
+    max_tries: int = 100
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    holdout: float = 0.1
+    limit: int | dict[str, int] | None = None
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointCfg:
+    every_steps: int = 0
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``file`` and ``lines`` say where keys came from (for errors); not part of identity."""
+    name: str = "spos_supernet"
+    description: str = ""
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 1024
+    optimizer: OptimizerCfg = OptimizerCfg()
+    schedule: ScheduleCfg = ScheduleCfg()
+    label_smoothing: float = 0.1
+    mixup: MixupCfg = MixupCfg()
+    sampler: SamplerCfg = SamplerCfg()
+    data: DataCfg = DataCfg()
+    grad_clip: float = 0.0
+    checkpoint: CheckpointCfg = CheckpointCfg()
+    device: str = "auto"
+    space_overrides: dict[str, Any] = field(default_factory=dict)
+    file: str | None = field(default=None, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the recipe file format (``load_recipe`` of its YAML gives an equal Recipe)."""
+        d = asdict(self)
+        d.pop("file"), d.pop("lines")
+        if not d["description"]:
+            d.pop("description")
+        d["optimizer"]["betas"] = list(self.optimizer.betas)
+        unused_keys = (("optimizer", "name", {"sgd": ("betas", "eps"), "adamw": ("momentum", "nesterov")}),
+                       ("schedule", "name", {"none": ("min_lr", "warmup_epochs", "warmup_lr")}),
+                       ("sampler", "type", {"uniform": ("bins", "max_tries")}))
+        for section, key, unused in unused_keys:
+            for k in unused.get(d[section][key], ()):  # keys that do not apply (and are not allowed) here
+                d[section].pop(k)
+        return d
+
+    def hash(self) -> str:
+        d = self.to_dict()
+        d.pop("name"), d.pop("description", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    def error(self, key: str, message: str) -> NasError:
+        """An error located at ``key`` of the recipe file (or at the nearest parent key that has a line)."""
+        k = key
+        while k and k not in self.lines:
+            k = k.rpartition(".")[0]
+        return NasError(message, file=self.file, line=self.lines.get(k), key=key)
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+def _below(parse: Callable[[Node], float], hi: float) -> Callable[[Node], float]:
+    """``parse`` and then strictly below ``hi`` (the schema's ``number`` closes its upper end)."""
+    def read(n: Node) -> float:
+        v = parse(n)
+        if v >= hi:
+            raise n.error(f"must be below {hi}, got {v}")
+        return v
+    return read
+
+
+def _section(root: Reader, key: str, read: Callable[[Reader], Any], default: Any) -> Any:
+    if not root.has(key) or root.left[key].value is None:  # absent or `key:` with nothing: defaults
+        root.left.pop(key, None)
+        return default
+    return root.take(key, lambda n: read(Reader(n, key)))
+
+
+class _Lines:
+    """Collects the line of every key read (``lines['optimizer.lr'] = 7``) for errors raised later."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, int] = {}
+
+    def walk(self, node: Node) -> None:
+        if node.path:
+            self.lines[node.path] = node.line
+        if isinstance(node.value, dict):
+            for child in node.value.values():
+                self.walk(child)
+
+
+def _optimizer(r: Reader) -> OptimizerCfg:
+    d = OptimizerCfg()
+    name = r.take("name", one_of("sgd", "adamw"), d.name)
+    if name == "sgd":
+        r.allow("name", "lr", "weight_decay", "momentum", "nesterov")
+    else:
+        r.allow("name", "lr", "weight_decay", "betas", "eps")
+    betas = r.take("betas", _betas, d.betas)
+    out = OptimizerCfg(name, r.take("lr", number(0.0, lo_open=True), d.lr),
+                       r.take("weight_decay", number(0.0), d.weight_decay),
+                       r.take("momentum", _below(number(0.0), 1.0), d.momentum),
+                       r.take("nesterov", boolean, d.nesterov), betas,
+                       r.take("eps", number(0.0, lo_open=True), d.eps))
+    r.done()
+    return out
+
+
+def _betas(n: Node) -> tuple[float, float]:
+    if not isinstance(n.value, list) or len(n.value) != 2:
+        raise n.error(f"expected two numbers [beta1, beta2] in [0, 1), got {n.value!r}")
+    b1, b2 = (_below(number(0.0), 1.0)(m) for m in n.value)
+    return (b1, b2)
+
+
+def _schedule(r: Reader) -> ScheduleCfg:
+    d = ScheduleCfg()
+    name = r.take("name", one_of("cosine", "none"), d.name)
+    r.allow(*(("name", "min_lr", "warmup_epochs", "warmup_lr") if name == "cosine" else ("name",)))
+    out = ScheduleCfg(name, r.take("min_lr", number(0.0), d.min_lr), r.take("warmup_epochs", integer(0), 0),
+                      r.take("warmup_lr", number(0.0), d.warmup_lr))
+    r.done()
+    return out
+
+
+def _mixup(r: Reader) -> MixupCfg:
+    d = MixupCfg()
+    r.allow("mixup_alpha", "cutmix_alpha", "prob", "switch_prob")
+    out = MixupCfg(r.take("mixup_alpha", number(0.0), d.mixup_alpha),
+                   r.take("cutmix_alpha", number(0.0), d.cutmix_alpha),
+                   r.take("prob", number(0.0, 1.0), d.prob), r.take("switch_prob", number(0.0, 1.0), d.switch_prob))
+    r.done()
+    return out
+
+
+def _sampler(r: Reader) -> SamplerCfg:
+    d = SamplerCfg()
+    kind = r.take("type", one_of("uniform", "flops_bins"), d.type)
+    r.allow(*(("type", "bins", "max_tries") if kind == "flops_bins" else ("type",)))
+    out = SamplerCfg(kind, r.take("bins", integer(1, 10_000), d.bins), r.take("max_tries", integer(1), d.max_tries))
+    r.done()
+    return out
+
+
+def _limit(n: Node) -> int | dict[str, int] | None:
+    if n.value is None or not n.is_map:
+        return None if n.value is None else integer(1)(n)
+    r = Reader(n, "limit per split").allow(*SPLITS)
+    out = {s: r.take(s, integer(1)) for s in SPLITS if r.has(s)}
+    r.done()
+    return out
+
+
+def _data(r: Reader) -> DataCfg:
+    d = DataCfg()
+    r.allow("holdout", "limit", "num_workers")
+    out = DataCfg(r.take("holdout", _below(number(0.0), 1.0), d.holdout), r.take("limit", _limit, None),
+                  r.take("num_workers", integer(0, 256), d.num_workers))
+    r.done()
+    return out
+
+
+def _checkpoint(r: Reader) -> CheckpointCfg:
+    d = CheckpointCfg()
+    r.allow("every_steps", "keep")
+    out = CheckpointCfg(r.take("every_steps", integer(0), d.every_steps), r.take("keep", integer(1, 1000), d.keep))
+    r.done()
+    return out
+
+
+def _overrides(n: Node) -> dict[str, Any]:
+    if n.value is None:
+        return {}
+    if not n.is_map:
+        raise n.error(f"expected a mapping of space key paths to values (e.g. {{input.size: 32}}), got {n.value!r}")
+    return {k: v.plain() for k, v in n.value.items()}
+
+
+def parse_recipe(root: Node, name: str = "") -> Recipe:
+    """Validate a recipe Node tree (see the module docstring for the keys)."""
+    r = Reader(root, "a recipe").allow(
+        "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing", "mixup",
+        "sampler", "data", "grad_clip", "checkpoint", "device", "space_overrides")
+    d = Recipe()
+    lines = _Lines()
+    lines.walk(root)
+    recipe = Recipe(
+        name=r.take("name", text, name or d.name), description=r.take("description", text, ""),
+        seed=r.take("seed", integer(0, 2**63 - 1), d.seed), epochs=r.take("epochs", integer(1, 100_000), d.epochs),
+        batch_size=r.take("batch_size", integer(1), d.batch_size),
+        optimizer=_section(r, "optimizer", _optimizer, d.optimizer),
+        schedule=_section(r, "schedule", _schedule, d.schedule),
+        label_smoothing=r.take("label_smoothing", _below(number(0.0), 1.0), d.label_smoothing),
+        mixup=_section(r, "mixup", _mixup, d.mixup), sampler=_section(r, "sampler", _sampler, d.sampler),
+        data=_section(r, "data", _data, d.data), grad_clip=r.take("grad_clip", number(0.0), d.grad_clip),
+        checkpoint=_section(r, "checkpoint", _checkpoint, d.checkpoint),
+        device=r.take("device", one_of("auto", "cpu", "cuda"), d.device),
+        space_overrides=r.take("space_overrides", _overrides, {}),
+        file=root.file, lines=lines.lines)
+    r.done()
+    _check(recipe)
+    return recipe
+
+
+def _check(rc: Recipe) -> None:
+    """Cross-key rules."""
+    s = rc.schedule
+    if s.warmup_epochs >= rc.epochs:
+        raise rc.error("schedule.warmup_epochs", f"warmup_epochs {s.warmup_epochs} must be below epochs {rc.epochs}")
+    if s.min_lr > rc.optimizer.lr:
+        raise rc.error("schedule.min_lr", f"min_lr {s.min_lr} is above the optimizer lr {rc.optimizer.lr}")
+    if rc.mixup.active and rc.batch_size % 2:
+        raise rc.error("batch_size", f"mixup/cutmix needs an even batch_size (timm mixes the batch with its "
+                                     f"flipped self), got {rc.batch_size}")
+
+
+def load_recipe(path: str | os.PathLike | None) -> Recipe:
+    """Read and validate a recipe file; ``None`` gives the default (PSViT supernet) recipe."""
+    if path is None:
+        return Recipe()
+    return parse_recipe(load_nodes(path), Path(path).stem)
