@@ -6,6 +6,7 @@ Public API (see docs/ and ../shared/spec/design.md for the data path)::
     arch = space.sample(seed=0)                          # Arch: self-contained, hashable
     nas.cost(arch)                                       # Cost(macs, params, ...) analytic
     model = nas.build_model(arch)                        # torch nn.Module
+    supernet = nas.Supernet(space)                       # shared weights; supernet.extract(arch)
 
 Attributes are imported lazily so that ``nas --version`` and ``nas space validate`` do not load torch.
 """
@@ -21,6 +22,7 @@ _API = {
     "Arch": "nas.arch", "NasError": "nas.errors",
     "cost": "nas.cost", "Cost": "nas.cost",
     "build_model": "nas.models",
+    "Supernet": "nas.supernet",
 }
 __all__ = sorted(_API)
 
