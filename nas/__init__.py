@@ -23,6 +23,7 @@ _API = {
     "cost": "nas.cost", "Cost": "nas.cost",
     "build_model": "nas.models",
     "Supernet": "nas.supernet",
+    "measure_cost": "nas.measure",
 }
 __all__ = sorted(_API)
 
