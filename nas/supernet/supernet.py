@@ -161,6 +161,12 @@ class Supernet(nn.Module):
             else:
                 holder.register_buffer(leaf, values[key])
 
+    def __getstate__(self) -> dict:
+        """Pickling and deepcopy leave the skeleton cache behind (it is rebuilt on demand)."""
+        state = self.__dict__.copy()
+        state["_paths"] = OrderedDict()
+        return state
+
     @staticmethod
     def _initial_values(archs: list[Arch], held: list[dict[str, tuple[str, tuple[int, ...]]]],
                         specs: dict[str, _Spec]) -> dict[str, torch.Tensor]:
