@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from nas.arch import Arch
+from nas.atomic import atomic_write
 from nas.space.schema import Parser, parse_size
 from nas.space.space import Dimension, SearchSpace
 from nas.errors import NasError
@@ -48,17 +47,7 @@ def arch_yaml(arch: Arch) -> str:
 
 def save_arch(arch: Arch, path: str | os.PathLike) -> None:
     """Write an arch file atomically (temp file + rename); ``load_arch`` reads back an equal Arch."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(arch_yaml(arch))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+    atomic_write(path, arch_yaml(arch))
 
 def _to_node(value: Any, line: int, path: str, file: str) -> Node:
     if isinstance(value, dict):

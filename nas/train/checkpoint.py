@@ -38,41 +38,11 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from nas.atomic import TMP, atomic_write, fsync_dir
 from nas.errors import NasError
 
 CKPT_FORMAT = "nas-checkpoint/1"
-PREFIX, TMP, BROKEN = "ckpt-", ".tmp-", "broken-"
-
-
-# --- atomic files -------------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds: the rename is still atomic, only less durable
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``path`` all or nothing: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP}{path.name}.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+PREFIX, BROKEN = "ckpt-", "broken-"
 
 
 def sha256_file(path: Path) -> str:
@@ -179,14 +149,14 @@ def save_checkpoint(folder: str | os.PathLike, step: int, model: nn.Module, stat
             files[name] = sha256_file(tmp / name)
         blob = json.dumps({**state, "format": CKPT_FORMAT, "global_step": step, "files": files}, separators=(",", ":"))
         atomic_write(tmp / "state.json", blob)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved twice: the trainer never does this; not atomic
             shutil.rmtree(final)
         os.rename(tmp, final)  # the commit point
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for old in sorted(folder.glob(f"{PREFIX}*"), key=_step_of)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

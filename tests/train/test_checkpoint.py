@@ -148,18 +148,3 @@ def test_no_valid_checkpoint_is_an_error_not_a_silent_restart(tmp_path: Path):
         ck.load_latest(tmp_path)
     assert (tmp_path / "ckpt-000000001").is_dir()  # nothing renamed
     assert ck.load_latest(tmp_path / "nothing-here") is None
-
-
-def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path, monkeypatch):
-    path = tmp_path / "a.txt"
-    ck.atomic_write(path, "old")
-
-    def die(*args):
-        raise OSError("disk full")
-    monkeypatch.setattr(ck.os, "replace", die)
-    with pytest.raises(OSError):
-        ck.atomic_write(path, "new")
-    monkeypatch.undo()
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
-    ck.atomic_write(path, b"new")
-    assert path.read_text() == "new"
