@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer
+from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer, Stage
 from nas.errors import NasError
 from nas.models.pooling import pooled_len_1d, pooled_side_2d
 
@@ -111,6 +111,13 @@ def head_cost(arch: Arch) -> tuple[int, int]:
     return c * k, 2 * c + c * k + k
 
 
+def stage_layers_macs(st: Stage, n_tokens: int) -> int:
+    """MACs of all transformer layers of one stage on ``n_tokens`` tokens (a pair's second layer shares)."""
+    pairs = st.cells.count("shared_pair")
+    full = st.cells.count("basic") + pairs
+    return full * layer_macs(n_tokens, st.dim, st.hidden) + pairs * layer_macs(n_tokens, st.dim, st.hidden, shared=True)
+
+
 def static_cost(arch: Arch) -> tuple[int, int]:
     """(MACs, params) of the static model ``nas.models.build_model(arch)`` builds."""
     macs, params = tokenizer_cost(arch)
@@ -126,9 +133,8 @@ def static_cost(arch: Arch) -> tuple[int, int]:
         if basic + pairs + cells.count("identity") != len(cells):
             raise NasError(f"unknown cell kind in {list(cells)}; allowed: basic, shared_pair, identity",
                            key=f"stages[{s}].cells")
-        n, d, h = n_patch + cls, st.dim, st.hidden
-        full = basic + pairs  # layers computing their own map
-        macs += full * layer_macs(n, d, h) + pairs * layer_macs(n, d, h, shared=True)
+        d, h, full = st.dim, st.hidden, basic + pairs  # full: layers computing their own map
+        macs += stage_layers_macs(st, n_patch + cls)
         params += full * layer_params(d, h, False, arch.qkv_bias) + pairs * layer_params(d, h, True, arch.qkv_bias)
         prev = st
     m, p = head_cost(arch)
@@ -154,38 +160,9 @@ def cost(arch: Arch) -> Cost:
         return coarse_fine_cost(arch)
     macs, params = static_cost(arch)
     if arch.ats is not None:
-        lo, hi = ats_macs_bounds(arch)
+        lo, hi = ats_macs_bounds(arch, macs)
         return Cost(hi, params, lo, hi)
     return Cost(macs, params, macs, macs)
-
-
-def _ats_layers(arch: Arch):
-    """(global cell index, dim, hidden, shared, is the ATS layer) for every layer of the ATS stages."""
-    g = 0
-    for st in arch.stages:
-        for kind in st.cells:
-            if kind != "identity":
-                sample = g in arch.ats.blocks
-                yield g, st.dim, st.hidden, False, sample and kind == "basic"
-                if kind == "shared_pair":
-                    yield g, st.dim, st.hidden, True, sample
-            g += 1
-
-
-def ats_fixed_macs(arch: Arch) -> int:
-    """MACs that do not depend on ATS's choices: everything except the layers of the stage(s) ATS acts in.
-
-    The schema keeps ATS after the last token pooling, so the ATS stages are the last ones (all stages
-    when there is no pooling); the tokenizer, poolings and head are fixed.
-    """
-    lo, _ = static_cost(arch)
-    n = stage_tokens(arch)
-    for s, st in enumerate(arch.stages):
-        if ats_stage(arch, s):
-            full = st.cells.count("basic") + st.cells.count("shared_pair")
-            lo -= full * layer_macs(n[s], st.dim, st.hidden) + st.cells.count("shared_pair") * layer_macs(
-                n[s], st.dim, st.hidden, shared=True)
-    return lo
 
 
 def ats_stage(arch: Arch, s: int) -> bool:
@@ -193,7 +170,19 @@ def ats_stage(arch: Arch, s: int) -> bool:
     return arch.pooling.type == "none" or s == len(arch.stages) - 1
 
 
-def ats_macs_bounds(arch: Arch) -> tuple[int, int]:
+def ats_fixed_macs(arch: Arch, static_macs: int | None = None) -> int:
+    """MACs that do not depend on ATS's choices: everything except the layers of the stage(s) ATS acts in.
+
+    The schema keeps ATS after the last token pooling, so the ATS stages are the last ones (all stages
+    when there is no pooling); the tokenizer, poolings and head are fixed. ``static_macs``: the arch's
+    ``static_cost`` MACs when the caller has them already.
+    """
+    n = stage_tokens(arch)
+    fixed = static_cost(arch)[0] if static_macs is None else static_macs
+    return fixed - sum(stage_layers_macs(st, n[s]) for s, st in enumerate(arch.stages) if ats_stage(arch, s))
+
+
+def ats_macs_bounds(arch: Arch, static_macs: int | None = None) -> tuple[int, int]:
     """(macs_min, macs_max) of an ATS arch, per image.
 
     Worst case: every ATS layer keeps its full budget K (from the worst-case tokens entering it); best
@@ -202,28 +191,24 @@ def ats_macs_bounds(arch: Arch) -> tuple[int, int]:
     """
     from nas.models.ats import budget
 
-    lo = hi = ats_fixed_macs(arch)
+    lo = hi = ats_fixed_macs(arch, static_macs)
     tokens = stage_tokens(arch)
-    first = next(s for s in range(len(arch.stages)) if ats_stage(arch, s))
-    n_lo = n_hi = tokens[first]
-    for g, d, h, shared, sample in _ats_layers(arch):
-        if not ats_stage(arch, _stage_of(arch, g)):
-            continue
-        if sample:
-            out_hi = 1 + budget(n_hi - 1, arch.ats.keep, arch.ats.k)
-            out_lo = min(2, n_lo)
-            hi += layer_macs(n_hi, d, h, shared, n_out=out_hi)
-            lo += layer_macs(n_lo, d, h, shared, n_out=out_lo)
-            n_hi, n_lo = out_hi, out_lo
-        else:
-            hi += layer_macs(n_hi, d, h, shared)
-            lo += layer_macs(n_lo, d, h, shared)
-    return lo, hi
-
-
-def _stage_of(arch: Arch, g: int) -> int:
+    n_lo = n_hi = tokens[next(s for s in range(len(arch.stages)) if ats_stage(arch, s))]
+    first = 0  # global index of the stage's first cell (``arch.ats.blocks`` counts cells over all stages)
     for s, st in enumerate(arch.stages):
-        if g < len(st.cells):
-            return s
-        g -= len(st.cells)
-    raise IndexError(g)
+        first, cells = first + len(st.cells), enumerate(st.cells, start=first)
+        if not ats_stage(arch, s):
+            continue
+        for g, kind in cells:
+            # the cell's layers as (shared, is the cell's last layer): ATS acts in the last one
+            layers = {"basic": [(False, True)], "shared_pair": [(False, False), (True, True)], "identity": []}[kind]
+            for shared, last in layers:
+                if last and g in arch.ats.blocks:
+                    out_hi, out_lo = 1 + budget(n_hi - 1, arch.ats.keep, arch.ats.k), min(2, n_lo)
+                    hi += layer_macs(n_hi, st.dim, st.hidden, shared, n_out=out_hi)
+                    lo += layer_macs(n_lo, st.dim, st.hidden, shared, n_out=out_lo)
+                    n_hi, n_lo = out_hi, out_lo
+                else:
+                    hi += layer_macs(n_hi, st.dim, st.hidden, shared)
+                    lo += layer_macs(n_lo, st.dim, st.hidden, shared)
+    return lo, hi

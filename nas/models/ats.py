@@ -36,6 +36,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from nas.cost import layer_macs
 from nas.errors import NasError
 from nas.models.layers import Block
 
@@ -244,12 +245,11 @@ def masked_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = 
 
 # --- executed MACs (fvcore convention: matmul/linear/conv only) ------------------------------------------
 def block_macs(n, dim: int, hidden: int, shared: bool = False):
-    """One plain pre-norm block on n tokens (int or tensor): qkv, QK^T, AV, proj, MLP.
+    """One plain pre-norm block on n tokens (int or tensor): qkv, QK^T, AV, proj, MLP (``nas.cost.layer_macs``).
 
     A sharing block (PSViT) computes neither Q, K nor QK^T.
     """
-    qk = 0 if shared else 2 * n * dim * dim + n * n * dim
-    return qk + n * dim * dim + n * n * dim + n * dim * dim + 2 * n * dim * hidden
+    return layer_macs(n, dim, hidden, shared)
 
 
 def ats_block_macs(n_in, n_out, dim: int, hidden: int, shared: bool = False):
@@ -258,8 +258,7 @@ def ats_block_macs(n_in, n_out, dim: int, hidden: int, shared: bool = False):
     3 n_in C^2 + n_in^2 C + n_out n_in C + n_out C^2 + 2 n_out C hidden (methods.md section 2, item 8); with
     n_out = n_in it equals ``block_macs``.
     """
-    qk = 0 if shared else 2 * n_in * dim * dim + n_in * n_in * dim
-    return qk + n_in * dim * dim + n_out * n_in * dim + n_out * dim * dim + 2 * n_out * dim * hidden
+    return layer_macs(n_in, dim, hidden, shared, n_out=n_out)
 
 
 def ats_macs_bounds(tokens: int, dim: int, hidden: int | Sequence[int], depth: int, blocks: Sequence[int],

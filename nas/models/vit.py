@@ -162,7 +162,8 @@ class VisionTransformer(nn.Module):
             m.apply(init_weights)
         from nas.cost import ats_fixed_macs, cost
         self.macs = cost(arch).macs  # per image; for ATS the worst case
-        self.fixed_macs = ats_fixed_macs(arch) if arch.ats is not None else self.macs
+        if arch.ats is not None:      # the part ATS cannot change; the rest is counted per image in forward
+            self.fixed_macs = ats_fixed_macs(arch)
         self.last_macs: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
         self.last_kept: list[torch.Tensor] = []
@@ -193,30 +194,31 @@ class VisionTransformer(nn.Module):
         B, N, _ = x.shape
         n = torch.full((B,), N, dtype=torch.long, device=x.device)  # real tokens per image, cls included
         pos = torch.arange(N, device=x.device).expand(B, N)          # original position of every row
-        macs, mask, kept, g = torch.full_like(n, self.fixed_macs), None, [], 0
+        macs, mask, kept, first = torch.full_like(n, self.fixed_macs), None, [], 0
         for s, (stage, st) in enumerate(zip(self.stages, self.arch.stages)):
             d, h = st.dim, st.hidden
+            first, cells = first + len(stage.cells), enumerate(stage.cells, start=first)  # global cell index
             if not ats_stage(self.arch, s):  # before the last pooling: static, counted in fixed_macs
-                x, g = run_cells(stage.cells, x), g + len(stage.cells)
-            for cell in stage.cells if ats_stage(self.arch, s) else ():
+                x, cells = run_cells(stage.cells, x), ()
+            for g, cell in cells:
                 if isinstance(cell, nn.Identity):
-                    pass
-                elif g not in a.blocks:
+                    continue
+                if g not in a.blocks:
                     x, _ = cell(x, mask=mask)
                     pair = isinstance(cell, SharedPair)
                     macs = macs + layer_macs(n, d, h) + (layer_macs(n, d, h, shared=True) if pair else 0)
-                else:  # ATS in the cell's last layer; a shared second layer samples with the inherited map
-                    block, attn = cell, None
-                    if isinstance(cell, SharedPair):
-                        x, attn = cell.first(x, mask=mask, need_map=True)
-                        macs, block = macs + layer_macs(n, d, h), cell.second
-                    x, mask, index = ats_block(block, x, mask, keep=a.keep, k=a.k, attn=attn)
-                    n_out = mask.sum(dim=1)
-                    macs = macs + layer_macs(n, d, h, shared=block.attn.shared, n_out=n_out)
-                    pos = pos.gather(1, index.clamp(min=0)).masked_fill(~mask, -1)
-                    kept.append(pos)
-                    n = n_out
-                g += 1
+                    continue
+                # ATS in the cell's last layer; a shared second layer samples with the inherited map
+                block, attn = cell, None
+                if isinstance(cell, SharedPair):
+                    x, attn = cell.first(x, mask=mask, need_map=True)
+                    macs, block = macs + layer_macs(n, d, h), cell.second
+                x, mask, index = ats_block(block, x, mask, keep=a.keep, k=a.k, attn=attn)
+                n_out = mask.sum(dim=1)
+                macs = macs + layer_macs(n, d, h, shared=block.attn.shared, n_out=n_out)
+                pos = pos.gather(1, index.clamp(min=0)).masked_fill(~mask, -1)
+                kept.append(pos)
+                n = n_out
             if s < len(self.poolings):  # the schema keeps ATS after the last pooling: mask is None here
                 x = self.poolings[s](x)
                 n = torch.full_like(n, x.shape[1])

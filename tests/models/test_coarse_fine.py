@@ -97,15 +97,21 @@ def test_select_regions_ties_by_index():
     assert region_fine_index(2).tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
 
 
+def capture_maps(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The attention maps every layer uses, in order, appended on each forward (hooks, fused attention off)."""
+    maps = []
+    for mod in model.modules():
+        if isinstance(mod, Attention):
+            mod.fused_attn = False
+            mod.register_forward_hook(lambda mod, inp, out: maps.append(out[1]))
+    return maps
+
+
 def test_global_class_attention_layers_3_to_last():
     """GCA = EMA over the maps layers 3..L-1 use (a sharing layer contributes its inherited map), counted by
     hooks on every attention module, independently of the model's own loop."""
     m, x = tiny_model(cells=("basic", "shared_pair", "basic", "shared_pair")), images(2)  # 6 layers
-    maps = []
-    for mod in m.modules():
-        if isinstance(mod, Attention):
-            mod.fused_attn = False
-            mod.register_forward_hook(lambda mod, inp, out: maps.append(out[1]))
+    maps = capture_maps(m)
     with torch.no_grad():
         gca = m.forward_coarse(x).gca
     assert len(maps) == 6
@@ -118,11 +124,7 @@ def test_global_class_attention_layers_3_to_last():
 def test_few_layers_use_the_last_layer():
     m = tiny_model(cells=("basic", "shared_pair"))  # 3 layers: GCA from layer 2 only
     assert m.gca_start == 2
-    maps = []
-    for mod in m.modules():
-        if isinstance(mod, Attention):
-            mod.fused_attn = False
-            mod.register_forward_hook(lambda mod, inp, out: maps.append(out[1]))
+    maps = capture_maps(m)
     with torch.no_grad():
         gca = m.forward_coarse(images(1)).gca
     torch.testing.assert_close(gca, 0.01 * maps[-1][:, :, 0, 1:].mean(dim=1))
