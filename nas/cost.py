@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer, Stage
+from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer
 from nas.errors import NasError
 from nas.models.pooling import pooled_len_1d, pooled_side_2d
 
@@ -111,11 +111,10 @@ def head_cost(arch: Arch) -> tuple[int, int]:
     return c * k, 2 * c + c * k + k
 
 
-def stage_layers_macs(st: Stage, n_tokens: int) -> int:
-    """MACs of all transformer layers of one stage on ``n_tokens`` tokens (a pair's second layer shares)."""
-    pairs = st.cells.count("shared_pair")
-    full = st.cells.count("basic") + pairs
-    return full * layer_macs(n_tokens, st.dim, st.hidden) + pairs * layer_macs(n_tokens, st.dim, st.hidden, shared=True)
+def stage_layers_macs(n_tokens: int, dim: int, hidden: int, full: int, pairs: int) -> int:
+    """MACs of a stage's layers on ``n_tokens`` tokens: ``full`` layers computing their own attention map
+    (basic cells and the first layer of each pair) and ``pairs`` sharing second layers."""
+    return full * layer_macs(n_tokens, dim, hidden) + pairs * layer_macs(n_tokens, dim, hidden, shared=True)
 
 
 def static_cost(arch: Arch) -> tuple[int, int]:
@@ -134,7 +133,7 @@ def static_cost(arch: Arch) -> tuple[int, int]:
             raise NasError(f"unknown cell kind in {list(cells)}; allowed: basic, shared_pair, identity",
                            key=f"stages[{s}].cells")
         d, h, full = st.dim, st.hidden, basic + pairs  # full: layers computing their own map
-        macs += stage_layers_macs(st, n_patch + cls)
+        macs += stage_layers_macs(n_patch + cls, d, h, full, pairs)
         params += full * layer_params(d, h, False, arch.qkv_bias) + pairs * layer_params(d, h, True, arch.qkv_bias)
         prev = st
     m, p = head_cost(arch)
@@ -179,7 +178,11 @@ def ats_fixed_macs(arch: Arch, static_macs: int | None = None) -> int:
     """
     n = stage_tokens(arch)
     fixed = static_cost(arch)[0] if static_macs is None else static_macs
-    return fixed - sum(stage_layers_macs(st, n[s]) for s, st in enumerate(arch.stages) if ats_stage(arch, s))
+    for s, st in enumerate(arch.stages):
+        if ats_stage(arch, s):
+            pairs = st.cells.count("shared_pair")
+            fixed -= stage_layers_macs(n[s], st.dim, st.hidden, st.cells.count("basic") + pairs, pairs)
+    return fixed
 
 
 def ats_macs_bounds(arch: Arch, static_macs: int | None = None) -> tuple[int, int]:
