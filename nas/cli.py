@@ -86,7 +86,10 @@ def cmd_flops(args: argparse.Namespace) -> None:
         info: dict[str, Any] = {"macs": c.macs, "params": c.params}
         if obj.data_dependent:
             info.update(macs_min=c.macs_min, macs_max=c.macs_max)
-        if args.data:
+        if args.supernet:
+            from nas.search.evaluator import measure_inherited
+            info.update(measure_inherited(args.supernet, obj, args.data, images=args.images))
+        elif args.data:
             from nas.measure import measure_arch
             info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed, weights=args.weights))
         if args.json:
@@ -94,13 +97,31 @@ def cmd_flops(args: argparse.Namespace) -> None:
         else:
             print("  ".join(f"{k} {human(v) if isinstance(v, int) else v}" for k, v in info.items()))
         return
-    if args.data:
-        raise NasError("--data measures one arch; give an arch file, not a space", file=args.file)
+    if args.data or args.supernet:
+        raise NasError("--data and --supernet measure one arch; give an arch file, not a space", file=args.file)
     info = obj.cost_bounds()
     if args.json:
         print(json.dumps(info))
     else:
         print("  ".join(f"{k} {human(v)}" for k, v in info.items()))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nas.cost import cost
+    from nas.search.evaluator import evaluate_arch
+    from nas.space import load_arch
+    arch = load_arch(args.arch)
+    scored, e, images = evaluate_arch(args.supernet, arch, args.split, args.data, args.batch_size)
+    info: dict[str, Any] = {"split": args.split, "images": images, **vars(e)}
+    if scored != arch:
+        info.update(target_arch_hash=arch.hash(), target_macs=cost(arch).macs, target_params=cost(arch).params)
+    if args.json:
+        print(json.dumps(info))
+        return
+    print(f"top1 {e.score:.4f}  loss {e.loss:.4f}  on {images} {args.split} images  MACs {human(e.macs)}"
+          + (f" (mean {human(e.macs_mean)})" if e.macs_mean is not None else "") + f"  params {human(e.params)}"
+          + (f"  (as its proxy; target MACs {human(info['target_macs'])})" if scored != arch else "")
+          + f"  {e.seconds:.2f} s")
 
 
 def cmd_train_supernet(args: argparse.Namespace) -> None:
@@ -140,7 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--images", type=int, default=256, help="images to measure over with --data (default 256)")
     f.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--supernet", metavar="RUN_DIR", help="with --data: measure with this trained supernet's "
+                   "weights sliced for the arch (default data: the run's)")
     f.set_defaults(func=cmd_flops)
+
+    e = sub.add_parser("eval", help="score an arch with inherited supernet weights (top-1 and loss)")
+    e.add_argument("arch", help="arch file, of the supernet's space or of the space as written (mapped to it)")
+    e.add_argument("--supernet", metavar="RUN_DIR", required=True, help="a finished `nas train-supernet` run")
+    e.add_argument("--split", choices=("search", "val"), default="search", help="held-out split (default search)")
+    e.add_argument("--data", help="data spec (default: the data the supernet was trained on)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train-supernet", help="train a weight-sharing SPOS supernet over a space (resumable)")
     t.add_argument("space")

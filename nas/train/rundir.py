@@ -14,6 +14,9 @@
     supernet.safetensors   the final weights, once training completes
     .lock             held (flock) while a process trains here
 
+``load_supernet_run(run)`` reads a finished run back (``SupernetRun``: resolved space, recipe, data spec and the
+supernet with its final weights) for evaluation and search.
+
 Re-running on a directory compares the space hash, the recipe hash and the data split digests with run.json and
 refuses (``NasError``, exit 2) on any difference. The CSV is cut back to the resumed checkpoint's step before new
 rows are appended, so a resumed run has each step exactly once.
@@ -24,15 +27,20 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from nas.arch import Arch
 from nas.errors import NasError
 from nas.space import SearchSpace
 from nas.train.checkpoint import atomic_write
 from nas.train.recipe import Recipe
+
+if TYPE_CHECKING:
+    from nas.data import DataSplits
 
 RUN_FORMAT = "nas-supernet-run/1"
 LOG_COLUMNS = ("epoch", "step", "loss", "acc", "lr", "img_per_s", "arch", "macs")
@@ -139,3 +147,121 @@ class CsvLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+# --- reading a finished run back ----------------------------------------------------------------------
+@dataclass
+class SupernetRun:
+    """A trained supernet run directory, read back: what search and evaluation need from it.
+
+    ``space`` is the resolved space the supernet was trained on (recipe overrides and ``num_classes`` applied,
+    read from ``space.yaml``); ``data`` the data spec recorded in run.json; ``info`` run.json itself.
+    """
+    run_dir: Path
+    space: SearchSpace
+    supernet: Any  # nas.supernet.Supernet, weights loaded from <run>/supernet.safetensors
+    recipe: Recipe
+    data: str
+    info: dict[str, Any] = field(repr=False)
+
+    def target_space(self) -> SearchSpace:
+        """The space as written (before the recipe's overrides), read from the file run.json names."""
+        from nas.space import load_space
+
+        file = self.info["space"]["file"]
+        if not Path(file).exists():
+            raise NasError(f"the space file this supernet was trained from, {file}, is not there (run.json "
+                           f"records it relative to where training ran); run from that folder",
+                           file=str(self.run_dir / "run.json"), key="space.file")
+        return load_space(file)
+
+    def proxy_arch(self, arch: Arch) -> Arch:
+        """``arch`` as an arch of the trained space: itself when it is one, else the arch of the space as written
+        (the target) mapped through ``nas.space.proxy.to_proxy``."""
+        if arch in self.space:
+            return arch
+        from nas.space.proxy import to_proxy
+
+        target = self.target_space()
+        try:
+            target.encode(arch)
+        except ValueError as e:
+            raise NasError(f"the arch is neither in the supernet's space {self.space.name!r} (hash {self.space.hash}) "
+                           f"nor in the space it was derived from ({self.info['space']['file']}): {e}",
+                           file=str(self.run_dir)) from None
+        return to_proxy(arch, target, self.space)
+
+    def splits(self, data: str | None = None, val_images: int | None = None) -> "DataSplits":
+        """The data splits at the trained space's input size, split with the recipe's seed, holdout and limit.
+
+        With the recorded data (``data`` None or equal to it) the train and search splits must be the ones
+        the supernet was trained with (their digests are compared with run.json): a search split that
+        overlapped the training images would score memorisation. ``val_images`` caps the val split.
+        """
+        from nas.data import load_data
+
+        limit = self.recipe.data.limit
+        if val_images is not None:
+            limit = {s: limit for s in ("train", "search", "val")} if not isinstance(limit, dict) else dict(limit)
+            limit["val"] = min(val_images, limit.get("val") or val_images)
+        t = self.space.template()
+        spec = self.data if data is None else data
+        splits = load_data(spec, t["input"]["size"], t["input"]["channels"], seed=self.recipe.seed,
+                           holdout=self.recipe.data.holdout, limit=limit)
+        if splits.num_classes != t["num_classes"]:
+            raise NasError(f"data {spec!r} has {splits.num_classes} classes, the supernet was trained for "
+                           f"{t['num_classes']}", file=str(self.run_dir / "run.json"), key="data.spec")
+        if spec == self.data:
+            digests = splits.split_record()["sha256"]
+            for split in ("train", "search"):
+                if digests[split] != self.info["data"]["sha256"][split]:
+                    raise NasError(f"data {spec!r} now gives another {split} split than the supernet was trained "
+                                   f"with (other images, seed or holdout)", file=str(self.run_dir / "run.json"),
+                                   key="data.sha256")
+        return splits
+
+
+def load_supernet_run(run_dir: str | os.PathLike) -> SupernetRun:
+    """Read a supernet run: its resolved space, recipe, data spec, and the supernet with its final weights."""
+    from nas.space import load_space
+    from nas.train.recipe import load_recipe
+
+    run = Path(run_dir)
+    meta = run / "run.json"
+    if not meta.exists():
+        raise NasError("not a supernet run directory (no run.json); train one with `nas train-supernet SPACE "
+                       "--out DIR`", file=str(run))
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise NasError(f"unreadable run.json: {e}", file=str(meta)) from None
+    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
+        raise NasError(f"not a {RUN_FORMAT} run file", file=str(meta))
+    space = load_space(run / "space.yaml")
+    recipe = load_recipe(run / "recipe.yaml")
+    for what, obj in (("space", space.hash), ("recipe", recipe.hash())):
+        if obj != info[what]["hash"]:
+            raise NasError(f"{what}.yaml has hash {obj}, run.json records {info[what]['hash']}; the run directory "
+                           f"was edited", file=str(meta), key=f"{what}.hash")
+    weights = run / "supernet.safetensors"
+    if not weights.exists():
+        raise NasError("no supernet.safetensors: training has not finished; run the same `nas train-supernet` "
+                       "command to resume and finish it", file=str(run))
+    supernet = _load_supernet(space, weights)
+    return SupernetRun(run, space, supernet, recipe, info["data"]["spec"], info)
+
+
+def _load_supernet(space: SearchSpace, weights: Path) -> Any:
+    import torch
+    from safetensors.torch import load_model
+
+    from nas.supernet import Supernet
+
+    with torch.random.fork_rng(devices=[]):  # building draws initial values: leave the caller's RNG alone
+        supernet = Supernet(space)
+    try:
+        load_model(supernet, str(weights))
+    except (RuntimeError, OSError) as e:
+        raise NasError(f"the weights do not match the supernet of space {space.name!r}: {e}",
+                       file=str(weights)) from None
+    return supernet.eval()
