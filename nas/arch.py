@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Union
 
 CELL_KINDS = ("basic", "shared_pair", "identity")
+CELL_LAYERS = {"basic": 1, "shared_pair": 2, "identity": 0}
+"""Transformer layers in a cell of each kind."""
 """PSViT's cell choices: one transformer layer; two layers, the second reusing the first's attention
 map; nothing."""
 
@@ -75,7 +77,7 @@ class Stage:
 
     @property
     def num_layers(self) -> int:
-        return sum({"basic": 1, "shared_pair": 2, "identity": 0}[c] for c in self.cells)
+        return sum(CELL_LAYERS[c] for c in self.cells)
 
 
 @dataclass(frozen=True)

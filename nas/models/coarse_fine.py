@@ -21,8 +21,10 @@ it; the additions are ``tokenizer.pos_embed_coarse`` and ``reuse``)::
     model.norm, model.head
     model.reuse       FeatureReuse
 
-Training: ``forward_train(img) -> (coarse_logits, fine_logits)`` (every image runs both passes, the paper's
-eta = 1) and ``coarse_fine_loss``. Inference: ``forward(img) -> logits`` with the early exit, in train mode as
+Training: ``training_loss(img, y, criterion, progress)`` is the model's objective (``nas.models.objective``):
+``forward_train(img) -> (coarse_logits, fine_logits)`` (every image runs both passes, the paper's eta = 1) scored
+by ``coarse_fine_loss`` (paper Eq. 14), with the fine pass on all fine tokens while ``progress`` (the share of
+training done) is below ``warmup_fraction`` (the paper's 2/3) and with region selection after. Inference: ``forward(img) -> logits`` with the early exit, in train mode as
 well. After every forward ``last_macs`` holds the (B,) int64 MACs each image executed (``nas.measure``).
 
 Decisions where the paper and spec are silent:
@@ -48,7 +50,10 @@ Decisions where the paper and spec are silent:
   no feature reuse.
 - Warm-up (the paper's first 2/3 of training): ``model.warmup = True`` (or ``forward_train(img, warmup=True)``)
   treats every region as informative: 1 + 4c^2 fine tokens, all with feature reuse. ``forward`` (inference)
-  never uses warm-up.
+  never uses warm-up. ``training_loss`` switches by the share of optimiser steps done (the authors switch at an
+  epoch boundary, after epoch 200 of 300); the fine position table is added to every fine token during warm-up
+  (the authors' code adds none then; see docs/decisions.md).
+- The CE term is the trainer's criterion (label smoothing, mixup targets), as in the authors' training loop.
 - Exit rule: max of softmax(coarse logits) computed in float32, ``>= model.exit_threshold`` (initialised
   from ``arch.tokenizer.exit_threshold``; change it to sweep eta). eta = 0 exits every image, eta > 1 none.
 - Init as ``nas.models.vit``: Linear trunc_normal_(0.02), zero bias; cls and both position tables
@@ -57,7 +62,7 @@ Decisions where the paper and spec are silent:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +75,12 @@ from nas.errors import NasError
 from nas.models.layers import Block
 from nas.models.vit import (
     SharedPair,
-    ViTStage,
-    build_cell,
+    build_stages,
     check_arch,
+    drop_path_rates,
     init_weights,
     run_cells,
+    tokenizer_no_weight_decay,
 )
 
 __all__ = [
@@ -84,6 +90,7 @@ __all__ = [
     "CoarseFineViT",
     "CoarseOut",
     "FeatureReuse",
+    "WARMUP_FRACTION",
     "coarse_fine_cost",
     "coarse_fine_loss",
     "coarse_fine_macs",
@@ -95,6 +102,7 @@ __all__ = [
 GCA_START = 3      # first layer (0-based) of the global class attention (the paper's "4-th encoder")
 GCA_BETA = 0.99    # EMA decay of the global class attention (paper Eq. 9)
 REUSE_RATIO = 4    # hidden width of the feature-reuse MLP, in multiples of C
+WARMUP_FRACTION = 2 / 3  # share of training with the fine pass on all fine tokens (paper section 4.1)
 
 
 # --- shapes and cost (no model built) --------------------------------------------------------------------
@@ -225,6 +233,9 @@ class CoarseFineTokens(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)     # (B, 1 + c^2, C)
         return x + self.pos_embed_coarse
 
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed", "pos_embed_coarse"}
+
     def fine(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full image -> (cls (1, 1, C), fine patches (B, (2c)^2, C) raster order), fine positions added."""
         return self.cls_token + self.pos_embed[:, :1], self.patch_embed(img) + self.pos_embed[:, 1:]
@@ -258,35 +269,41 @@ class CoarseOut(NamedTuple):
         return CoarseOut(*(t.index_select(0, idx) for t in self))
 
 
-def coarse_fine_loss(coarse_logits: torch.Tensor, fine_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def coarse_fine_loss(coarse_logits: torch.Tensor, fine_logits: torch.Tensor, target: torch.Tensor,
+                     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                     ) -> torch.Tensor:
     """CE(fine, y) + KL(softmax(fine).detach() || softmax(coarse)), 1:1, batchmean (paper Eq. 14).
 
     ``target``: class indices (B,) or class probabilities (B, K) (mixup / label smoothing). The KL term only
-    pulls the coarse prediction towards the (detached) fine one.
+    pulls the coarse prediction towards the (detached) fine one. ``criterion`` computes the CE term (the
+    trainer's: label smoothing, soft targets).
     """
-    ce = F.cross_entropy(fine_logits, target)
+    ce = criterion(fine_logits, target)
     kl = F.kl_div(F.log_softmax(coarse_logits, dim=-1), F.softmax(fine_logits, dim=-1).detach(),
                   reduction="batchmean")
     return ce + kl
 
 
 class CoarseFineViT(nn.Module):
-    """CF-ViT for one coarse_fine Arch; see the module docstring."""
+    """CF-ViT for one coarse_fine Arch; see the module docstring. ``drop_path``: stochastic depth of the last
+    layer (linear over depth, ``nas.models.vit.drop_path_rates``; both passes run the same layers);
+    ``warmup_fraction``: the share of training ``training_loss`` runs the fine pass on all fine tokens."""
 
-    def __init__(self, arch: Arch) -> None:
+    def __init__(self, arch: Arch, drop_path: float = 0.0, warmup_fraction: float = WARMUP_FRACTION) -> None:
         super().__init__()
         check_arch(arch)
         tok = check_coarse_fine(arch)
+        if not 0 <= warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}")
         self.arch = arch
         self.grid, self.coarse_px = tok.coarse_grid, tok.coarse_grid * tok.patch_size
         self.num_regions = num_regions(tok.coarse_grid, tok.alpha)
         self.exit_threshold = float(tok.exit_threshold)  # eta; mutable to sweep the trade-off
         self.warmup = False                              # training: fine pass on all fine tokens
+        self.warmup_fraction = float(warmup_fraction)
         dim = arch.stages[0].dim
         self.tokenizer = CoarseFineTokens(arch.img_size, tok.patch_size, arch.in_chans, dim, tok.coarse_grid)
-        self.stages = nn.ModuleList(
-            ViTStage([build_cell(k, st.dim, st.heads, st.hidden, arch.qkv_bias, arch.norm_eps) for k in st.cells])
-            for st in arch.stages)
+        self.stages = build_stages(arch, drop_path_rates(arch, drop_path)[1])
         self.norm = nn.LayerNorm(dim, eps=arch.norm_eps)
         self.head = nn.Linear(dim, arch.num_classes)
         self.reuse = FeatureReuse(dim, tok.coarse_grid, arch.norm_eps)
@@ -298,6 +315,8 @@ class CoarseFineViT(nn.Module):
         self.macs_coarse, self.macs_fine = coarse_fine_macs(arch)
         self.macs_fine_warmup = coarse_fine_macs(arch, tok.coarse_grid ** 2)[1]
         self.last_macs: torch.Tensor | None = None
+
+    no_weight_decay = tokenizer_no_weight_decay
 
     def _check_input(self, img: torch.Tensor) -> None:
         want = (self.arch.in_chans, self.arch.img_size, self.arch.img_size)
@@ -357,6 +376,14 @@ class CoarseFineViT(nn.Module):
         per_image = self.macs_coarse + (self.macs_fine_warmup if warmup else self.macs_fine)
         self.last_macs = torch.full((img.shape[0],), per_image, dtype=torch.int64)
         return coarse.logits, fine
+
+    def training_loss(self, img: torch.Tensor, target: torch.Tensor,
+                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's objective: (``coarse_fine_loss`` of both passes, fine logits (B, num_classes)); the fine
+        pass runs on all fine tokens while ``progress`` (share of training done, in [0, 1)) < ``warmup_fraction``."""
+        coarse, fine = self.forward_train(img, warmup=progress < self.warmup_fraction)
+        return coarse_fine_loss(coarse, fine, target, criterion), fine
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes): coarse for images with max softmax >= eta, fine for the others."""

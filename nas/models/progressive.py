@@ -28,6 +28,11 @@ Decisions where the brief or the paper are silent (or disagree with the authors'
 - The initial points are computed from the actual feature map size at every forward (pixel i centred at i,
   cell size H/n), so any input size works; ``progressive_cost`` uses ``arch.img_size``.
 - The cls token is prepended only when ``arch.has_cls_token`` (2d pooling with a gap head has none).
+- Sampling points, offsets added to them and the grid_sample grid stay in float32 (float64 for a float64
+  feature map) whatever the feature dtype: in bfloat16 a point near pixel 54 of a 56-pixel map moves by 0.1 px.
+  The map is sampled in that precision and the tokens come back in the feature dtype.
+- Stochastic depth: round t's layer takes the t-th rate of the model's linear rule (the rounds come first, as
+  in the authors' code); the one shared layer (``share_weights``) takes the mean of its rounds' rates.
 - Init as in the authors' code: Linear layers trunc-normal(0.02) with zero bias, LayerNorm ones/zeros, the
   cls token trunc-normal(0.02), offset heads all zero, convolutions and BatchNorm at PyTorch's default.
   ``init_weights()`` redoes it; a model-wide re-init must leave this module alone or call it again.
@@ -112,17 +117,26 @@ def initial_points(n: int, height: int, width: int, device: torch.device | None 
     return torch.stack((ys, xs), dim=-1).reshape(n * n, 2)
 
 
+def point_dtype(feat_dtype: torch.dtype) -> torch.dtype:
+    """Dtype of sampling points and grids: float32, or the feature dtype when it is wider (float64)."""
+    return torch.promote_types(feat_dtype, torch.float32)
+
+
 def bilinear_sample(feat: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinear values of feat (B, C, H, W) at points (B, P, 2) given as (y, x) pixels -> (B, P, C).
 
     Pixel i is centred at coordinate i; outside the map the feature is zero (padding_mode 'zeros'). The
-    pixel -> grid mapping (2x+1)/W - 1 is exact for align_corners=False.
+    pixel -> grid mapping (2x+1)/W - 1 is exact for align_corners=False. Points, grid and the interpolation
+    run in ``point_dtype`` (float32 at least, autocast or not); the values come back in feat's dtype.
     """
     H, W = feat.shape[-2:]
-    y, x = points.to(feat.dtype).unbind(-1)                               # (B, P) each
+    dtype = point_dtype(feat.dtype)
+    y, x = points.to(dtype).unbind(-1)                                      # (B, P) each
     grid = torch.stack(((2 * x + 1) / W - 1, (2 * y + 1) / H - 1), dim=-1)  # (B, P, 2) in grid_sample's (x, y)
-    out = F.grid_sample(feat, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[:, :, 0].transpose(1, 2)                                     # (B, C, 1, P) -> (B, P, C)
+    with torch.autocast(feat.device.type, enabled=False):                  # keep the grid's precision
+        out = F.grid_sample(feat.to(dtype), grid[:, None], mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    return out[:, :, 0].transpose(1, 2).to(feat.dtype)                      # (B, C, 1, P) -> (B, P, C)
 
 
 def _tokenizer(arch: Arch) -> ProgressiveTokenizer:
@@ -156,7 +170,7 @@ class ProgressiveSampling(nn.Module):
     ``last_trajectory`` (B, N, n*n, 2) those of every round, (y, x) in feature-map pixels, detached.
     """
 
-    def __init__(self, arch: Arch) -> None:
+    def __init__(self, arch: Arch, drop_path: list[float] | None = None) -> None:
         super().__init__()
         tok = _tokenizer(arch)
         st = arch.stages[0]
@@ -166,9 +180,12 @@ class ProgressiveSampling(nn.Module):
         self.pos = nn.Linear(2, st.dim)
         n_layers = 1 if tok.share_weights else tok.iterations
         n_heads = min(n_layers, tok.iterations - 1)  # no offset head after the last round
+        rates = list(drop_path) if drop_path else [0.0] * tok.iterations  # one per round
+        if tok.share_weights:
+            rates = [sum(rates) / len(rates)]
         self.layers = nn.ModuleList(
-            Block(st.dim, st.heads, st.hidden, qkv_bias=arch.qkv_bias, norm_eps=arch.norm_eps)
-            for _ in range(n_layers))
+            Block(st.dim, st.heads, st.hidden, qkv_bias=arch.qkv_bias, norm_eps=arch.norm_eps, drop_path=r)
+            for r in rates)
         self.offsets = nn.ModuleList(nn.Linear(st.dim, 2) for _ in range(n_heads))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, st.dim)) if arch.has_cls_token else None
         self.last_points: torch.Tensor | None = None
@@ -191,19 +208,24 @@ class ProgressiveSampling(nn.Module):
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """The cls token and the position layer (timm's convention for position embeddings)."""
+        return {"cls_token", "pos.weight", "pos.bias"}
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.ndim != 4 or img.shape[1] != self.in_chans:
             raise NasError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(img.shape)}")
         feat = self.stem(img)                                      # (B, C, H, W)
         B, _, H, W = feat.shape
-        p = initial_points(self.points, H, W, feat.device, feat.dtype).expand(B, -1, -1)  # (B, P, 2)
-        size = feat.new_tensor([H, W])
+        dtype = point_dtype(feat.dtype)                            # points never in bfloat16 / float16
+        p = initial_points(self.points, H, W, feat.device, dtype).expand(B, -1, -1)  # (B, P, 2)
+        size = torch.tensor([H, W], device=feat.device, dtype=dtype)
         tokens, offset, trajectory = None, None, []
         for t in range(self.iterations):
-            q = p if offset is None else p + offset                # p_t; differentiable in o_{t-1} only
+            q = p if offset is None else p + offset.to(dtype)      # p_t; differentiable in o_{t-1} only
             x = bilinear_sample(feat, q)                           # T'_t (B, P, C)
             p = q.detach()
-            x = x + self.pos(p / size)                             # + P_t: no gradient into the offsets
+            x = x + self.pos((p / size).to(self.pos.weight.dtype))  # + P_t: no gradient into the offsets
             if tokens is not None:
                 x = x + tokens                                     # + T_{t-1}
             tokens, _ = self.layers[0 if self.share_weights else t](x)  # T_t (B, P, C)

@@ -16,6 +16,12 @@ Decisions where the spec is silent:
   its own init (its zero-initialised offset heads must stay zero).
 - ``gap`` averages the patch tokens only (a cls token, when present, is left out, as in timm).
 - ``num_classes == 0``: no head; ``forward`` returns the pooled features (B, C_last).
+- Stochastic depth (``drop_path``, the rate of the last layer) follows the usual linear rule over the arch's
+  layers in the order they run (``drop_path_rates``): PS-ViT's sampling rounds come first, as in the
+  authors' code; a shared pair is two layers, an identity cell none. PS-ViT's shared sampling layer
+  (``share_weights``), one module run every round, takes the mean of its rounds' rates.
+- ``no_weight_decay()`` names the cls token, the position tables and PS-ViT's position layer (timm's
+  convention; its optimizer factory reads it). Biases and norm weights are 1-d and skipped by timm anyway.
 """
 from __future__ import annotations
 
@@ -23,10 +29,22 @@ import torch
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 
-from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, CELL_KINDS
+from nas.arch import CELL_KINDS, CELL_LAYERS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer
 from nas.errors import NasError
 from nas.models.layers import Block
 from nas.models.pooling import build_pooling
+
+
+def drop_path_rates(arch: Arch, drop_path: float) -> tuple[list[float], list[list[tuple[float, ...]]]]:
+    """Stochastic-depth rates, linear from 0 (first layer) to ``drop_path`` (last) over every layer in the order
+    they run: (rates of the progressive sampling rounds, per stage per cell the rates of its layers: () for an
+    identity cell, one for a basic cell, two for a shared pair)."""
+    rounds = arch.tokenizer.iterations if isinstance(arch.tokenizer, ProgressiveTokenizer) else 0
+    depth = rounds + sum(st.num_layers for st in arch.stages)
+    rates = iter(torch.linspace(0, drop_path, depth, device="cpu").tolist())  # timm's rule; cpu: also on meta
+    first = [next(rates) for _ in range(rounds)]
+    cells = [[tuple(next(rates) for _ in range(CELL_LAYERS.get(k, 0))) for k in st.cells] for st in arch.stages]
+    return first, cells
 
 
 def init_weights(m: nn.Module) -> None:
@@ -50,6 +68,9 @@ class PatchTokens(nn.Module):
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(img)  # (B, N, C)
         if self.cls_token is not None:
@@ -60,10 +81,12 @@ class PatchTokens(nn.Module):
 class SharedPair(nn.Module):
     """PSViT's sharing cell: two layers, the second reuses the first's attention map (computes V only)."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, qkv_bias: bool = True, norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, heads: int, hidden: int, qkv_bias: bool = True, norm_eps: float = 1e-6,
+                 drop_path: tuple[float, float] = (0.0, 0.0)) -> None:
         super().__init__()
-        self.first = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
-        self.second = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, shared=True)
+        self.first = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, drop_path=drop_path[0])
+        self.second = Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, shared=True,
+                            drop_path=drop_path[1])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, N, C) -> (x (B, N, C), the shared map (B, h, N, N))."""
@@ -71,11 +94,14 @@ class SharedPair(nn.Module):
         return self.second(x, attn=attn, mask=mask)
 
 
-def build_cell(kind: str, dim: int, heads: int, hidden: int, qkv_bias: bool, norm_eps: float) -> nn.Module:
+def build_cell(kind: str, dim: int, heads: int, hidden: int, qkv_bias: bool, norm_eps: float,
+               drop_path: tuple[float, ...] = ()) -> nn.Module:
+    """The module of one cell; ``drop_path`` holds the rates of its layers (``drop_path_rates``), none = 0."""
     if kind == "basic":
-        return Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
+        return Block(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps, drop_path=(*drop_path, 0.0)[0])
     if kind == "shared_pair":
-        return SharedPair(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps)
+        return SharedPair(dim, heads, hidden, qkv_bias=qkv_bias, norm_eps=norm_eps,
+                          drop_path=(*drop_path, 0.0, 0.0)[:2])
     if kind == "identity":
         return nn.Identity()  # kept so that cell indices match the Arch
     raise NasError(f"unknown cell kind {kind!r}; allowed: {', '.join(CELL_KINDS)}", key="stages.cells")
@@ -101,14 +127,15 @@ class ViTStage(nn.Module):
         return run_cells(self.cells, x, mask)
 
 
-def build_tokenizer(arch: Arch) -> nn.Module:
-    """The tokenizer module for ``arch.tokenizer``: img (B, C, H, W) -> (B, N, C0), cls first if any."""
+def build_tokenizer(arch: Arch, drop_path: list[float] | None = None) -> nn.Module:
+    """The tokenizer module for ``arch.tokenizer``: img (B, C, H, W) -> (B, N, C0), cls first if any.
+    ``drop_path``: the rates of a progressive tokenizer's rounds (``drop_path_rates``)."""
     tok = arch.tokenizer
     if isinstance(tok, PatchTokenizer):
         return PatchTokens(arch.img_size, tok.patch_size, arch.in_chans, arch.stages[0].dim, arch.has_cls_token)
     if isinstance(tok, ProgressiveTokenizer):
         from nas.models.progressive import ProgressiveSampling  # lazy: optional module, heavy stem
-        return ProgressiveSampling(arch)
+        return ProgressiveSampling(arch, drop_path)
     raise NasError(f"unknown tokenizer {tok!r}; allowed: patch, progressive, coarse_fine", key="tokenizer.type")
 
 
@@ -137,10 +164,24 @@ def check_arch(arch: Arch) -> None:
                            key="tokenizer.patch_size")
 
 
-class VisionTransformer(nn.Module):
-    """A static (every cell fixed) ViT for one Arch; see the module docstring for the layout."""
+def build_stages(arch: Arch, drop_path: list[list[tuple[float, ...]]]) -> nn.ModuleList:
+    """``model.stages``: one ViTStage of cells per stage; ``drop_path`` as ``drop_path_rates``' second item."""
+    return nn.ModuleList(
+        ViTStage([build_cell(k, st.dim, st.heads, st.hidden, arch.qkv_bias, arch.norm_eps, r)
+                  for k, r in zip(st.cells, rates)])
+        for st, rates in zip(arch.stages, drop_path))
 
-    def __init__(self, arch: Arch) -> None:
+
+def tokenizer_no_weight_decay(model: nn.Module) -> set[str]:
+    """``model.no_weight_decay()`` for a model whose tokenizer names its own (cls, positions)."""
+    return {f"tokenizer.{n}" for n in model.tokenizer.no_weight_decay()}
+
+
+class VisionTransformer(nn.Module):
+    """A static (every cell fixed) ViT for one Arch; see the module docstring for the layout.
+    ``drop_path``: stochastic depth of the last layer (``drop_path_rates``)."""
+
+    def __init__(self, arch: Arch, drop_path: float = 0.0) -> None:
         super().__init__()
         check_arch(arch)
         if isinstance(arch.tokenizer, CoarseFineTokenizer):
@@ -148,10 +189,9 @@ class VisionTransformer(nn.Module):
         self.arch = arch
         self.head_type = arch.head
         self.num_prefix = int(arch.has_cls_token)
-        self.tokenizer = build_tokenizer(arch)
-        self.stages = nn.ModuleList(
-            ViTStage([build_cell(k, st.dim, st.heads, st.hidden, arch.qkv_bias, arch.norm_eps) for k in st.cells])
-            for st in arch.stages)
+        rounds, cells = drop_path_rates(arch, drop_path)
+        self.tokenizer = build_tokenizer(arch, rounds)
+        self.stages = build_stages(arch, cells)
         self.poolings = nn.ModuleList(
             build_pooling(arch.pooling, a.dim, b.dim, arch.has_cls_token)
             for a, b in zip(arch.stages[:-1], arch.stages[1:]))
@@ -167,6 +207,8 @@ class VisionTransformer(nn.Module):
         self.last_macs: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
         self.last_kept: list[torch.Tensor] = []
+
+    no_weight_decay = tokenizer_no_weight_decay
 
     def forward_features(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, C, H, W) -> normalised tokens of the last stage (B, N_last, C_last).
@@ -240,13 +282,19 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(img))
 
 
-def build_model(arch: Arch | str) -> nn.Module:
-    """Build the static model of an Arch, or of a registered arch name (``nas.models.zoo.list_archs()``)."""
+def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: float | None = None) -> nn.Module:
+    """Build the static model of an Arch, or of a registered arch name (``nas.models.zoo.list_archs()``).
+
+    Training options (neither changes the weights nor an eval-mode forward): ``drop_path``, the stochastic depth
+    of the last layer (linear over depth); ``coarse_fine_warmup``, the share of training a CF-ViT trains its
+    fine pass on all fine tokens (None: the paper's, ``nas.models.coarse_fine.WARMUP_FRACTION``).
+    """
     if isinstance(arch, str):
         from nas.models.zoo import get_arch
         arch = get_arch(arch)
     # The data-dependent models dispatch here, one line each.
     if isinstance(arch.tokenizer, CoarseFineTokenizer):
-        from nas.models.coarse_fine import CoarseFineViT  # lazy: CF-ViT, paper 004
-        return CoarseFineViT(arch)
-    return VisionTransformer(arch)
+        from nas.models.coarse_fine import WARMUP_FRACTION, CoarseFineViT  # lazy: CF-ViT, paper 004
+        warmup = WARMUP_FRACTION if coarse_fine_warmup is None else coarse_fine_warmup
+        return CoarseFineViT(arch, drop_path=drop_path, warmup_fraction=warmup)
+    return VisionTransformer(arch, drop_path=drop_path)

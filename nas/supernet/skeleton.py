@@ -10,6 +10,8 @@ keeps them real. They are computed by a second, real build of the model in which
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -66,8 +68,8 @@ def constants(model: nn.Module) -> list[tuple[nn.Module, str]]:
             if m._buffers.get(k) is not None]
 
 
-def build_skeleton(arch: Arch) -> nn.Module:
-    """``nas.build_model(arch)`` on the meta device (non-persistent buffers real, on the CPU).
+def build_skeleton(arch: Arch, **model_kwargs: Any) -> nn.Module:
+    """``nas.build_model(arch, **model_kwargs)`` on the meta device (non-persistent buffers real, on the CPU).
 
     Raises NotImplementedError (from ``build_model``) for archs whose models do not exist yet, and
     RuntimeError for a model that keeps a plain tensor attribute (it would stay on meta).
@@ -75,7 +77,7 @@ def build_skeleton(arch: Arch) -> nn.Module:
     from nas.models import build_model
 
     with _MetaWithoutInit():
-        model = build_model(arch)
+        model = build_model(arch, **model_kwargs)
     for name, module in model.named_modules():
         for attr, value in vars(module).items():
             if isinstance(value, torch.Tensor):
@@ -84,7 +86,7 @@ def build_skeleton(arch: Arch) -> nn.Module:
     consts = constants(model)
     if consts:
         with torch.random.fork_rng(devices=[]), _SkipParameterInit():
-            real = dict(build_model(arch).named_buffers())
+            real = dict(build_model(arch, **model_kwargs).named_buffers())
         names = {id(m): n for n, m in model.named_modules()}
         for m, k in consts:
             m._buffers[k] = real[f"{names[id(m)]}.{k}" if names[id(m)] else k]

@@ -30,6 +30,13 @@ The set of tensors and their largest shapes come from meta skeletons of a coveri
 hold each tensor at its largest shape, so a supernet starts with the standalone models' init. Creating a
 supernet draws from torch's global RNG (same seed, same supernet); ``forward`` and ``extract`` draw nothing.
 
+Training options of the models (``build_model``'s ``drop_path``, ``coarse_fine_warmup``) are given once,
+``Supernet(space, drop_path=0.1)``: every path and every extracted model is built with them. They change no
+tensor and no eval-mode output. A path's training objective is its model's (``nas.models.objective``):
+``with supernet.bound(arch) as model: loss, logits = training_loss(model, x, y, criterion, progress)``.
+``no_weight_decay()`` names the tensors any path's model keeps out of weight decay (cls tokens, position
+tables and layers), for timm's optimizer factory.
+
 Notes for training: only the tensors (and slices) on the path get gradients; with ``zero_grad(set_to_none
 =True)`` the rest keep ``grad = None``, so plain SGD leaves them exactly unchanged, while weight decay or
 momentum would also move the unused parts of a sliced tensor (they receive zero gradient, not None). DDP
@@ -40,7 +47,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -133,17 +140,21 @@ class Supernet(nn.Module):
     a subnet's state dict is a set of slices of the supernet's. ``cache_size`` skeletons are kept (LRU).
     """
 
-    def __init__(self, space: SearchSpace, cache_size: int = 64) -> None:
+    def __init__(self, space: SearchSpace, cache_size: int = 64, **model_kwargs: Any) -> None:
         super().__init__()
         self.space = space
         self.cache_size = cache_size
+        self.model_kwargs = dict(model_kwargs)  # build_model's training options, for every path
         self._paths: OrderedDict[Arch, _Path] = OrderedDict()
         archs = [space.decode(v) for v in covering_vectors(space)]
         specs: dict[str, _Spec] = {}
         held: list[dict[str, tuple[str, tuple[int, ...]]]] = []  # per arch: key -> (name, shape)
+        no_decay: set[str] = set()
         for arch in archs:
             names = {}
-            for name, _, _, is_param, rule, t in _tensors(build_skeleton(arch)):
+            skeleton = build_skeleton(arch, **self.model_kwargs)
+            no_decay |= {supernet_name(arch, n) for n in getattr(skeleton, "no_weight_decay", set)()}
+            for name, _, _, is_param, rule, t in _tensors(skeleton):
                 key, shape = supernet_name(arch, name), tuple(t.shape)
                 names[key] = (name, shape)
                 spec = specs.setdefault(key, _Spec(shape, rule, is_param, t.dtype))
@@ -160,6 +171,11 @@ class Supernet(nn.Module):
                 holder.register_parameter(leaf, nn.Parameter(value, requires_grad=value.is_floating_point()))
             else:
                 holder.register_buffer(leaf, values[key])
+        self._no_weight_decay = frozenset(k for k in no_decay if k in specs and specs[k].is_param)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the supernet parameters that no path decays (timm's ``create_optimizer_v2`` reads it)."""
+        return set(self._no_weight_decay)
 
     def __getstate__(self) -> dict:
         """Pickling and deepcopy leave the skeleton cache behind (it is rebuilt on demand)."""
@@ -223,7 +239,7 @@ class Supernet(nn.Module):
             self.space.encode(arch)
         except ValueError as e:
             raise NasError(f"the arch is not in the supernet's space {self.space.name!r}: {e}") from None
-        skeleton = build_skeleton(arch)
+        skeleton = build_skeleton(arch, **self.model_kwargs)
         entries = []
         for name, owner, _, is_param, rule, t in _tensors(skeleton):
             key = supernet_name(arch, name)
@@ -285,12 +301,13 @@ class Supernet(nn.Module):
             return {e[0]: t.clone(memory_format=torch.contiguous_format) for e, t in zip(path.entries, slices)}
 
     def extract(self, arch: Arch) -> nn.Module:
-        """``nas.build_model(arch)`` carrying the inherited weights (copies), in the supernet's train/eval mode.
+        """``nas.build_model(arch, **model_kwargs)`` carrying the inherited weights (copies), in the supernet's
+        train/eval mode.
 
         Built on the meta device and loaded by assignment: no init work, no random numbers drawn.
         """
         state = self.subnet_state_dict(arch)
-        model = build_skeleton(arch)
+        model = build_skeleton(arch, **self.model_kwargs)
         model.load_state_dict(state, strict=True, assign=True)
         device = next(iter(state.values())).device if state else torch.device("cpu")
         for m, k in constants(model):  # arch constants were built on the CPU

@@ -4,7 +4,8 @@ Layout of ``<run>/checkpoints/``::
 
     ckpt-000000120/           one checkpoint, named by the global step it was taken after
         model.safetensors     the weights (safetensors.torch.save_model: tied tensors are handled)
-        state.safetensors     tensors of the trainer state: optimiser buffers, torch RNG states
+        state.safetensors     tensors of the trainer state: optimiser buffers (``optim/<parameter name>/<buffer>``),
+                              torch RNG states
         state.json            everything else (epoch, step, optimiser param groups, scheduler, python/numpy
                               RNG states, arch sampler state) and the sha256 of both safetensors files
 
@@ -20,6 +21,10 @@ Decisions where the brief was silent:
   ``broken-ckpt-*`` (kept for inspection, never read again) and the older one is used, with a warning. If
   checkpoints exist but none is valid, loading fails (and renames nothing) rather than silently starting over.
 - Nothing is unpickled: JSON for scalars and structure, safetensors for tensors.
+- Optimiser state is keyed by parameter name (``model.named_parameters()``), not by torch's position index, and
+  each parameter group lists its parameters by name: a model whose parameters are registered in another order,
+  or an optimiser that groups them in another order, still gets every buffer back on the parameter it belongs
+  to. A parameter group whose members differ from the checkpoint's is an error, not a silent mismatch.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from torch import nn
 from nas.atomic import TMP, atomic_write, fsync_dir
 from nas.errors import NasError
 
-CKPT_FORMAT = "nas-checkpoint/1"
+CKPT_FORMAT = "nas-checkpoint/2"  # /2: optimiser state by parameter name
 PREFIX, BROKEN = "ckpt-", "broken-"
 
 
@@ -77,27 +82,61 @@ def set_rng_state(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
 
 
-def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``opt.state_dict()`` split into JSON (param groups, scalars) and tensors (``optim.<param>.<name>``)."""
+OPTIM = "optim/"
+
+
+def _param_names(opt: torch.optim.Optimizer, model: nn.Module) -> list[str]:
+    """The name in ``model`` of each parameter, in the order ``opt.state_dict()`` numbers them."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    missing = [p.shape for g in opt.param_groups for p in g["params"] if id(p) not in names]
+    if missing:
+        raise ValueError(f"the optimiser holds {len(missing)} parameters that are not the model's")
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def optimizer_state(opt: torch.optim.Optimizer, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``opt.state_dict()`` keyed by ``model``'s parameter names: JSON (param groups listing names, scalars
+    per name) and tensors (``optim/<parameter name>/<buffer>``)."""
     sd = opt.state_dict()
+    index = _param_names(opt, model)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
-        for name, v in st.items():
+        for key, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim.{idx}.{name}"] = v.detach().cpu().contiguous()
+                tensors[f"{OPTIM}{index[idx]}/{key}"] = v.detach().cpu().contiguous()
             else:
-                scalars.setdefault(str(idx), {})[name] = v
-    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+                scalars.setdefault(index[idx], {})[key] = v
+    groups = [{**g, "params": [index[i] for i in g["params"]]} for g in sd["param_groups"]]
+    return {"param_groups": groups, "scalars": scalars}, tensors
 
 
-def load_optimizer_state(opt: torch.optim.Optimizer, js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in js["scalars"].items()}
+def load_optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, js: dict[str, Any],
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what ``optimizer_state`` saved onto the parameters of ``model`` with the same names; each of
+    ``opt``'s parameter groups takes the saved group holding the same parameters. Raises ValueError when the
+    groups or names differ."""
+    index = _param_names(opt, model)
+    position = {n: i for i, n in enumerate(index)}
+    saved_group = {n: j for j, g in enumerate(js["param_groups"]) for n in g["params"]}
+    groups, start = [], 0
+    for g in opt.param_groups:
+        mine = index[start:start + len(g["params"])]
+        found = {saved_group.get(n) for n in mine}
+        j = found.pop() if len(found) == 1 else None
+        if j is None or sorted(js["param_groups"][j]["params"]) != sorted(mine):
+            raise ValueError(f"the optimiser's parameter group of {mine[:2]}... matches no group of the checkpoint")
+        groups.append({**js["param_groups"][j], "params": list(range(start, start + len(mine)))})
+        start += len(mine)
+    unknown = set(saved_group) - set(position)
+    if unknown:
+        raise ValueError(f"the checkpoint holds optimiser state of parameters the model lacks: {sorted(unknown)[:3]}")
+    state: dict[int, dict[str, Any]] = {position[n]: dict(v) for n, v in js["scalars"].items()}
     for key, v in tensors.items():
-        if key.startswith("optim."):
-            idx, name = key[6:].split(".", 1)
-            state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": js["param_groups"]})
+        if key.startswith(OPTIM):
+            name, buf = key[len(OPTIM):].rsplit("/", 1)
+            state.setdefault(position[name], {})[buf] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 # --- checkpoints --------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ Keys (all optional; defaults in brackets)::
                  momentum in [0, 1) [0.9] and nesterov [true] (sgd only), betas [[0.9, 0.999]], eps (adamw only)}
     schedule:   {name: cosine | none [cosine], min_lr [0], warmup_epochs [0], warmup_lr [1e-6]}
     label_smoothing: [0, 1)         # [0.1]
+    drop_path: [0, 1)               # [0] stochastic depth of the last layer, linear from 0 over the layers
+    coarse_fine: {warmup_fraction [2/3]: in [0, 1]}   # CF-ViT: share of training with all fine tokens
     mixup:      {mixup_alpha [0], cutmix_alpha [0], prob [1], switch_prob [0.5]}   # off when both alphas are 0
     sampler:    {type: uniform | flops_bins [uniform], bins [10], max_tries [100]}
     data:       {holdout [0.1], limit [null]: int or {train, search, val}, num_workers [0]}
@@ -29,6 +31,11 @@ Decisions where the brief was silent:
 - Optimisers and schedules are timm's (``create_optimizer_v2``: weight decay skips biases and norm weights, as in
   timm/DeiT; ``create_scheduler_v2`` stepped per update, so cosine anneals smoothly over all steps to ``min_lr``).
 - ``schedule: {name: none}`` keeps the lr constant (warmup keys are then not allowed).
+- ``drop_path`` is timm's ``drop_path_rate``: the last layer's rate, the others linear from 0 in the order the
+  layers run (PS-ViT's sampling rounds first). The PSViT supernet recipe states none: 0.
+- ``coarse_fine.warmup_fraction`` applies to CF-ViT archs only: the share of optimiser steps, from the start,
+  whose fine pass runs on all fine tokens (CF-ViT's warm-up, 2/3 in the paper); region selection after that.
+  1 keeps the warm-up to the end, 0 skips it. See docs/decisions.md.
 - Mixup/CutMix needs an even batch size (timm's rule), checked here so the error names the recipe line.
 - The recipe hash (``Recipe.hash``) covers every key but ``name`` and ``description``: a run directory refuses to
   resume under a recipe whose hash differs, even for keys that do not change the numbers (``num_workers``).
@@ -102,6 +109,16 @@ class DataCfg:
     num_workers: int = 0
 
 
+def _paper_warmup() -> float:
+    from nas.models.coarse_fine import WARMUP_FRACTION  # the model owns its paper's schedule
+    return WARMUP_FRACTION
+
+
+@dataclass(frozen=True)
+class CoarseFineCfg:
+    warmup_fraction: float = field(default_factory=_paper_warmup)
+
+
 @dataclass(frozen=True)
 class CheckpointCfg:
     every_steps: int = 0
@@ -119,6 +136,8 @@ class Recipe:
     optimizer: OptimizerCfg = OptimizerCfg()
     schedule: ScheduleCfg = ScheduleCfg()
     label_smoothing: float = 0.1
+    drop_path: float = 0.0
+    coarse_fine: CoarseFineCfg = field(default_factory=CoarseFineCfg)
     mixup: MixupCfg = MixupCfg()
     sampler: SamplerCfg = SamplerCfg()
     data: DataCfg = DataCfg()
@@ -143,6 +162,10 @@ class Recipe:
             for k in unused.get(d[section][key], ()):  # keys that do not apply (and are not allowed) here
                 d[section].pop(k)
         return d
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The training options ``nas.models.build_model`` (and ``Supernet``) take from a recipe."""
+        return {"drop_path": self.drop_path, "coarse_fine_warmup": self.coarse_fine.warmup_fraction}
 
     def hash(self) -> str:
         d = self.to_dict()
@@ -260,6 +283,14 @@ def _data(r: Reader) -> DataCfg:
     return out
 
 
+def _coarse_fine(r: Reader) -> CoarseFineCfg:
+    d = CoarseFineCfg()
+    r.allow("warmup_fraction")
+    out = CoarseFineCfg(r.take("warmup_fraction", number(0.0, 1.0), d.warmup_fraction))
+    r.done()
+    return out
+
+
 def _checkpoint(r: Reader) -> CheckpointCfg:
     d = CheckpointCfg()
     r.allow("every_steps", "keep")
@@ -279,8 +310,8 @@ def _overrides(n: Node) -> dict[str, Any]:
 def parse_recipe(root: Node, name: str = "") -> Recipe:
     """Validate a recipe Node tree (see the module docstring for the keys)."""
     r = Reader(root, "a recipe").allow(
-        "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing", "mixup",
-        "sampler", "data", "grad_clip", "checkpoint", "device", "space_overrides")
+        "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing",
+        "drop_path", "coarse_fine", "mixup", "sampler", "data", "grad_clip", "checkpoint", "device", "space_overrides")
     d = Recipe()
     lines = _Lines()
     lines.walk(root)
@@ -291,6 +322,8 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
         optimizer=_section(r, "optimizer", _optimizer, d.optimizer),
         schedule=_section(r, "schedule", _schedule, d.schedule),
         label_smoothing=r.take("label_smoothing", _below(number(0.0), 1.0), d.label_smoothing),
+        drop_path=r.take("drop_path", _below(number(0.0), 1.0), d.drop_path),
+        coarse_fine=_section(r, "coarse_fine", _coarse_fine, d.coarse_fine),
         mixup=_section(r, "mixup", _mixup, d.mixup), sampler=_section(r, "sampler", _sampler, d.sampler),
         data=_section(r, "data", _data, d.data), grad_clip=r.take("grad_clip", number(0.0), d.grad_clip),
         checkpoint=_section(r, "checkpoint", _checkpoint, d.checkpoint),

@@ -1,14 +1,16 @@
 """SPOS supernet training: one sampled path per step, resumable bit for bit.
 
-Each step samples one arch (``nas.train.sampler``), runs ``supernet(x, arch)`` and updates the weights on that
-path: tensors off the path keep ``grad = None`` (``zero_grad(set_to_none=True)``), so the optimiser leaves them,
+Each step samples one arch (``nas.train.sampler``), scores the batch with that path's training objective (the
+arch's model's ``training_loss``, ``nas.models.objective``: plain ``criterion(model(x), y)`` for most models, CF-ViT's
+two-pass loss and warm-up for CF-ViT) and updates the weights on that path: tensors off the path keep ``grad = None`` (``zero_grad(set_to_none=True)``), so the optimiser leaves them,
 their momentum and their weight decay untouched, as in SPOS; the unused rows of a tensor the path slices get a
 zero gradient, so momentum and weight decay still move those (as in AutoFormer's weight entanglement).
 Checkpoints are taken at every epoch end, every ``checkpoint.every_steps`` steps, and on SIGINT/SIGTERM at the next
 step boundary (a second signal stops at once; the last checkpoint is intact).
 
-Exact resume: a checkpoint holds the weights, the optimiser and scheduler, the python/numpy/torch RNG states and
-the arch sampler's state, taken at a step boundary; the data order of epoch ``e`` is a pure function of
+Exact resume: a checkpoint holds the weights, the optimiser (its state keyed by parameter name) and scheduler, the
+python/numpy/torch RNG states, the arch sampler's state and the running loss and accuracy sums of the epoch in
+progress (so that the epoch summary after a resume is the mean over the whole epoch), taken at a step boundary; the data order of epoch ``e`` is a pure function of
 ``(seed, e)`` and a resumed epoch skips the batches already trained (``SeededLoader.set_epoch``). A run killed
 at any point and re-run ends with the same weights as an uninterrupted one, bitwise on CPU with the same torch
 and thread count. Not covered: random data augmentation in loader worker processes (ImageFolder data with
@@ -23,7 +25,9 @@ Decisions where the brief was silent:
   does not change which archs are drawn.
 - A non-finite loss stops training with a ``NasError`` pointing at ``optimizer.lr`` (no checkpoint is written
   for that step: the last good one stays).
-- Accuracy is measured against the un-mixed labels when mixup/cutmix is on.
+- Accuracy is measured against the un-mixed labels when mixup/cutmix is on, on the logits the objective returns.
+- ``progress`` handed to the objective is the share of optimiser steps done before the step
+  (``global_step / (epochs * steps_per_epoch)``): resumes and epoch lengths do not shift schedules inside it.
 - SIGINT and SIGTERM both end in ``KeyboardInterrupt`` after the checkpoint (the CLI exits with 130).
 - The final weights are also written to ``<run>/supernet.safetensors``; re-running a finished run only checks it.
 """
@@ -48,6 +52,7 @@ from nas.arch import Arch
 from nas.cost import cost
 from nas.data import DataSplits, load_data, make_loader
 from nas.errors import NasError
+from nas.models.objective import training_loss
 from nas.space import SearchSpace, load_space
 from nas.train import checkpoint as ck
 from nas.train.recipe import Recipe, load_recipe
@@ -62,6 +67,8 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+    loss_sum: float = 0.0         # over the steps of the epoch in progress (checkpointed)
+    acc_sum: float = 0.0
     arch: Arch | None = None
     loss: float = math.nan
     acc: float = math.nan
@@ -127,9 +134,9 @@ def _device(recipe: Recipe) -> torch.device:
     return torch.device(recipe.device)
 
 
-def _build_supernet(space: SearchSpace) -> nn.Module:
+def _build_supernet(space: SearchSpace, **model_kwargs: Any) -> nn.Module:
     from nas.supernet import Supernet
-    return Supernet(space)
+    return Supernet(space, **model_kwargs)
 
 
 # --- signals ------------------------------------------------------------------------------------------
@@ -169,7 +176,7 @@ class SposTrainer:
     """Holds the pieces of one training run; ``run()`` trains to the end or to a stop signal."""
 
     def __init__(self, space: SearchSpace, splits: DataSplits, recipe: Recipe, run_dir: Path,
-                 build: Callable[[SearchSpace], nn.Module] = _build_supernet, progress: bool = True,
+                 build: Callable[..., nn.Module] = _build_supernet, progress: bool = True,
                  on_step: Callable[[TrainState], None] | None = None) -> None:
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -187,7 +194,8 @@ class SposTrainer:
             raise recipe.error("batch_size", f"batch_size {recipe.batch_size} is larger than the "
                                f"{len(splits.train)} training images (the ragged last batch is dropped); lower it")
         seed_everything(recipe.seed)
-        self.model = build(space).to(self.device)
+        self.model = build(space, **recipe.model_kwargs()).to(self.device)
+        # timm's parameter groups: no weight decay on biases, norms and the model's no_weight_decay()
         self.optimizer = create_optimizer_v2(self.model, **recipe.optimizer.timm_kwargs())
         self.scheduler = self._scheduler()
         rc = recipe
@@ -222,14 +230,15 @@ class SposTrainer:
         return self.run_dir / "checkpoints"
 
     def save(self) -> Path:
-        opt_js, tensors = ck.optimizer_state(self.optimizer)
+        opt_js, tensors = ck.optimizer_state(self.optimizer, self.model)
         rng_js, rng_t = ck.rng_state()
         st = self.state
         state = {"epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "steps_per_epoch": self.steps_per_epoch,
                  "epochs": self.recipe.epochs, "complete": st.epoch >= self.recipe.epochs,
                  "space_hash": self.space.hash, "recipe_hash": self.recipe.hash(), "optimizer": opt_js,
                  "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                 "sampler": self.sampler.state_dict(), "rng": rng_js, "time": time.time()}
+                 "sampler": self.sampler.state_dict(), "rng": rng_js, "loss_sum": st.loss_sum,
+                 "acc_sum": st.acc_sum, "time": time.time()}
         return ck.save_checkpoint(self.ckpt_dir, st.global_step, self.model, state, {**tensors, **rng_t},
                                   keep=self.recipe.checkpoint.keep)
 
@@ -247,12 +256,15 @@ class SposTrainer:
                            f"{self.steps_per_epoch}", file=str(c.path))
         c.load_model(self.model)
         tensors = c.tensors()
-        ck.load_optimizer_state(self.optimizer, s["optimizer"], tensors)
+        try:
+            ck.load_optimizer_state(self.optimizer, self.model, s["optimizer"], tensors)
+        except ValueError as e:
+            raise NasError(f"the checkpoint's optimiser state does not fit this supernet: {e}", file=str(c.path))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])
         ck.set_rng_state(s["rng"], tensors)
-        self.state = TrainState(s["epoch"], s["step_in_epoch"], c.step)
+        self.state = TrainState(s["epoch"], s["step_in_epoch"], c.step, loss_sum=s["loss_sum"], acc_sum=s["acc_sum"])
         return c.step
 
     def write_weights(self) -> Path:
@@ -274,8 +286,9 @@ class SposTrainer:
         if self.mixup is not None:
             x, target = self.mixup(x, y)
         self.model.train()
-        logits = self.model(x, arch)  # (B, num_classes)
-        loss = self.criterion(logits, target)
+        progress = self.state.global_step / (self.recipe.epochs * self.steps_per_epoch)
+        with self.model.bound(arch) as model:  # the arch's model carrying the supernet's slices
+            loss, logits = training_loss(model, x, target, self.criterion, progress)  # logits (B, num_classes)
         if not torch.isfinite(loss):
             raise self.recipe.error("optimizer.lr", f"the training loss is {loss.item()} at step "
                                     f"{self.state.global_step + 1} (arch {arch.hash()}); lower the learning rate")
@@ -308,7 +321,7 @@ class SposTrainer:
                     self.loader.set_epoch(epoch, st.step_in_epoch)
                     bar = tqdm(total=spe, initial=st.step_in_epoch, desc=f"epoch {epoch + 1}/{rc.epochs}",
                                unit="step", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
-                    sums, n, t_prev = [0.0, 0.0], 0, time.perf_counter()
+                    t_prev = time.perf_counter()
                     for x, y in self.loader:
                         loss, acc, lr, arch = self.step(x, y)
                         now = time.perf_counter()
@@ -316,14 +329,15 @@ class SposTrainer:
                         t_prev, images = now, images + len(x)
                         st.step_in_epoch += 1
                         st.arch, st.loss, st.acc = arch, loss, acc
-                        sums[0], sums[1], n = sums[0] + loss, sums[1] + acc, n + 1
+                        st.loss_sum, st.acc_sum, n = st.loss_sum + loss, st.acc_sum + acc, st.step_in_epoch
+                        ep_loss, ep_acc = st.loss_sum / n, st.acc_sum / n  # the epoch's mean so far
                         log.write(epoch=epoch + 1, step=st.global_step, loss=f"{loss:.6g}", acc=f"{acc:.6g}",
                                   lr=f"{lr:.6g}", img_per_s=f"{ips:.1f}", arch=arch.hash(), macs=cost(arch).macs)
                         bar.update(1)
-                        bar.set_postfix_str(f"loss {sums[0] / n:.3f} acc {sums[1] / n:.3f} "
+                        bar.set_postfix_str(f"loss {ep_loss:.3f} acc {ep_acc:.3f} "
                                             f"{images / (now - t_start):.0f} img/s lr {lr:.3g}", refresh=False)
                         if st.step_in_epoch == spe:
-                            st.epoch, st.step_in_epoch = epoch + 1, 0
+                            st.epoch, st.step_in_epoch, st.loss_sum, st.acc_sum = epoch + 1, 0, 0.0, 0.0
                         if self.on_step is not None:
                             self.on_step(st)
                         every = rc.checkpoint.every_steps
@@ -336,7 +350,6 @@ class SposTrainer:
                                   f"resume", file=sys.stderr)
                             raise KeyboardInterrupt
                     bar.close()
-                    ep_loss, ep_acc = sums[0] / max(n, 1), sums[1] / max(n, 1)
                     line = (f"epoch {epoch + 1}/{rc.epochs}: loss {ep_loss:.4f} acc {ep_acc:.4f} "
                             f"{images / (time.perf_counter() - t_start):.1f} img/s, step {st.global_step}, "
                             f"checkpoint {self.ckpt_dir / f'{ck.PREFIX}{st.global_step:09d}'}")
@@ -361,12 +374,13 @@ def train_supernet(space: str | os.PathLike, data: str = "builtin",
                    recipe: Recipe | str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                    resume: bool = False, progress: bool = True,
                    on_step: Callable[[TrainState], None] | None = None,
-                   build: Callable[[SearchSpace], nn.Module] = _build_supernet) -> TrainResult:
+                   build: Callable[..., nn.Module] = _build_supernet) -> TrainResult:
     """Train (or resume training) a SPOS supernet of ``space`` on ``data`` with ``recipe`` into ``out``.
 
     Re-running with the same arguments resumes from the newest valid checkpoint in ``out``; ``resume=True``
     additionally requires that ``out`` holds a run. ``on_step(state)`` is called after every step (hooks, tests);
-    ``build(space)`` makes the supernet (default ``nas.supernet.Supernet``).
+    ``build(space, **recipe.model_kwargs())`` makes the supernet (default ``nas.supernet.Supernet``; the trainer
+    runs a path with ``supernet.bound(arch)``).
     """
     t0 = time.perf_counter()
     rc = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)

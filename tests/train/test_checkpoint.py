@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -31,7 +32,7 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
 
 
 def _save(folder: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer, keep: int = 2) -> Path:
-    opt_js, tensors = ck.optimizer_state(opt)
+    opt_js, tensors = ck.optimizer_state(opt, model)
     rng_js, rng_t = ck.rng_state()
     return ck.save_checkpoint(folder, step, model, {"optimizer": opt_js, "rng": rng_js}, {**tensors, **rng_t}, keep)
 
@@ -41,7 +42,7 @@ def _restore(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> ck.C
     assert c is not None
     c.load_model(model)
     t = c.tensors()
-    ck.load_optimizer_state(opt, c.state["optimizer"], t)
+    ck.load_optimizer_state(opt, model, c.state["optimizer"], t)
     ck.set_rng_state(c.state["rng"], t)
     return c
 
@@ -68,6 +69,52 @@ def test_round_trip_continues_bitwise(tmp_path: Path, make_opt):
         assert torch.equal(x, y), name  # weights, BN running stats and num_batches_tracked
 
 
+def test_optimizer_state_follows_parameter_names_not_positions(tmp_path: Path):
+    """A model that registers its parameters in another order, with an optimiser that groups them in another
+    order, gets every buffer back on the parameter of the same name and continues bitwise."""
+    class Net(nn.Module):  # Linear 4->8, ReLU, Linear 8->3, named "inp" and "out", registered in either order
+        def __init__(self, out_first: bool) -> None:
+            super().__init__()
+            layers = {"inp": nn.Linear(4, 8), "out": nn.Linear(8, 3)}
+            for name in (("out", "inp") if out_first else ("inp", "out")):
+                self.add_module(name, layers[name])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.inp(x).relu())
+
+    def groups(m: nn.Module) -> list[dict]:  # weight decay on matrices only, like timm: two groups
+        named = list(m.named_parameters())
+        return [{"params": [p for n, p in named if p.ndim > 1], "weight_decay": 1e-2},
+                {"params": [p for n, p in named if p.ndim <= 1], "weight_decay": 0.0}]
+
+    def train(m: nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            loss = m(torch.randn(5, 4, generator=g)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    torch.manual_seed(0)
+    a = Net(out_first=False)
+    opt_a = torch.optim.AdamW(groups(a), lr=1e-2)
+    train(a, opt_a, 1)
+    js, tensors = ck.optimizer_state(opt_a, a)
+    b = Net(out_first=True)
+    assert [n for n, _ in b.named_parameters()] != [n for n, _ in a.named_parameters()]
+    b.load_state_dict(a.state_dict())
+    opt_b = torch.optim.AdamW(groups(b)[::-1], lr=1e-2)  # groups in the other order too
+    stored = safetensors.torch.load(safetensors.torch.save(tensors))  # as a checkpoint holds them (copies)
+    ck.load_optimizer_state(opt_b, b, json.loads(json.dumps(js)), stored)
+    train(a, opt_a, 2)
+    train(b, opt_b, 2)
+    for name, p in a.named_parameters():
+        assert torch.equal(p, b.get_parameter(name)), name
+    c = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # another model: a clear error
+    with pytest.raises(ValueError, match="lacks|matches no group"):
+        ck.load_optimizer_state(torch.optim.AdamW(c.parameters()), c, js, tensors)
+
+
 def test_layout_is_json_and_safetensors_only(tmp_path: Path):
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
@@ -81,7 +128,9 @@ def test_layout_is_json_and_safetensors_only(tmp_path: Path):
     weights = load_file(path / "model.safetensors")
     assert set(weights) == set(m.state_dict()) and torch.equal(weights["3.weight"], m.state_dict()["3.weight"])
     tensors = load_file(path / "state.safetensors")
-    assert {"rng.torch", "optim.0.momentum_buffer"} <= set(tensors)
+    assert {"rng.torch", "optim/0.weight/momentum_buffer", "optim/3.bias/momentum_buffer"} <= set(tensors)
+    assert state["optimizer"]["param_groups"][0]["params"] == ["0.weight", "0.bias", "1.weight", "1.bias",
+                                                               "3.weight", "3.bias"]
 
 
 def test_keep_prunes_old_checkpoints(tmp_path: Path):
