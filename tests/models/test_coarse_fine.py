@@ -18,12 +18,13 @@ from nas.models import build_model
 from nas.models.coarse_fine import (
     CoarseFineViT,
     coarse_fine_cost,
+    coarse_fine_macs,
     coarse_fine_loss,
     num_regions,
     region_fine_index,
     select_regions,
 )
-from nas.models.layers import Attention
+from nas.models.layers import Attention, Block
 from nas.space import load_arch, load_space
 from tests.helpers import count_macs
 
@@ -293,6 +294,45 @@ def test_warmup_uses_all_fine_tokens():
     cl, fl = m.forward_train(x)
     coarse_fine_loss(cl, fl, torch.tensor([3])).backward()
     assert bool((m.tokenizer.pos_embed.grad[0].abs().sum(-1) > 0).all())
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.5, 2 / 3, 1.0])
+def test_training_loss_is_the_paper_objective_with_its_warm_up(warmup):
+    """``training_loss(x, y, criterion, progress)``: criterion(fine) + KL(fine || coarse), both passes on every
+    image (eta = 0 would exit them all in inference), the fine pass on all fine tokens while progress < warmup."""
+    from nas.models.objective import training_loss
+
+    torch.manual_seed(0)
+    m = build_model(tiny_arch(eta=0.0), coarse_fine_warmup=None if warmup == 2 / 3 else warmup).train()
+    assert m.warmup_fraction == warmup
+    x, y = images(3), torch.tensor([2, 0, 9])
+
+    def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # any criterion: 2 x CE
+        return 2 * F.cross_entropy(logits, target)
+
+    for progress in (0.0, 0.4, 0.5, 0.6, 2 / 3, 0.9):
+        loss, logits = training_loss(m, x, y, criterion, progress)
+        with torch.no_grad():
+            coarse, fine = m.forward_train(x, warmup=progress < warmup)
+            pf, pc = fine.softmax(-1), coarse.softmax(-1)
+            expected = 2 * F.cross_entropy(fine, y) + (pf * (pf.log() - pc.log())).sum(-1).mean()
+        torch.testing.assert_close(loss.detach(), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(logits.detach(), fine, rtol=0, atol=1e-6)
+        tokens = 1 + 4 * G * G if progress < warmup else 1 + 4 * 25 + G * G - 25
+        assert int(m.last_macs[0]) == cost(m.arch).macs_min + coarse_fine_macs(m.arch, (tokens - 1 - G * G) // 3)[1]
+
+
+def test_drop_path_and_weight_decay_exclusions():
+    torch.manual_seed(0)
+    plain = build_model(tiny_arch()).eval()
+    torch.manual_seed(0)
+    dropping = build_model(tiny_arch(), drop_path=0.2).eval()
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in dropping.modules() if isinstance(b, Block)]
+    assert rates == pytest.approx([0.0, 0.2 / 3, 0.4 / 3, 0.2])  # basic, basic, shared pair (2 layers)
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(plain(x), dropping(x))                 # eval: no stochastic depth
+    assert plain.no_weight_decay() == {"tokenizer.cls_token", "tokenizer.pos_embed", "tokenizer.pos_embed_coarse"}
 
 
 def test_shipped_cf_vit_space_cost_equals_count():

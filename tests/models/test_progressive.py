@@ -136,6 +136,64 @@ def test_bilinear_sample_equals_hand_formula():
     assert torch.equal(got[0, 7], torch.zeros(3, dtype=feat.dtype))          # far outside: exactly zero
 
 
+def _spy_grid_sample(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Records (input, grid) of every grid_sample call."""
+    calls, real = [], torch.nn.functional.grid_sample
+
+    def spy(inp, grid, *args, **kwargs):
+        calls.append((inp, grid))
+        return real(inp, grid, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", spy)
+    return calls
+
+
+def test_bfloat16_autocast_keeps_points_and_grid_in_float32(monkeypatch):
+    """Under bf16 autocast the feature map is bf16; in bf16 the initial grid of PS-ViT (56x56 map, 14x14 points)
+    would move by up to 0.1 px. Points, the grid and the interpolation stay float32; values come back in bf16."""
+    calls = _spy_grid_sample(monkeypatch)
+    feat = torch.randn(2, 4, 56, 56).to(torch.bfloat16)
+    points = initial_points(14, 56, 56).expand(2, -1, -1) + torch.tensor([0.3, -0.7])  # (2, 196, 2) float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bilinear_sample(feat, points)
+    (inp, grid), = calls
+    assert grid.dtype == torch.float32 and inp.dtype == torch.float32 and got.dtype == torch.bfloat16
+    y, x = points.double().unbind(-1)
+    exact = torch.stack(((2 * x + 1) / 56 - 1, (2 * y + 1) / 56 - 1), dim=-1)       # float64
+    assert (grid[:, 0].double() - exact).abs().max() * 28 < 1e-5                      # in pixels
+    yb, xb = points.to(torch.bfloat16).unbind(-1)                                    # the grid computed in bf16
+    in_bf16 = torch.stack(((2 * xb + 1) / 56 - 1, (2 * yb + 1) / 56 - 1), dim=-1).double()
+    assert (in_bf16 - exact).abs().max() * 28 > 0.1                                   # what it would lose, px
+    assert torch.equal(got, bilinear_sample(feat.float(), points).to(torch.bfloat16))  # sampled in float32
+
+    calls.clear()
+    torch.manual_seed(0)
+    model = ProgressiveSampling(tiny_arch(points=3, iterations=2))     # 8x8 map: points at 4/3 + 8/3 i
+    with torch.no_grad():
+        model.offsets[0].bias.copy_(torch.tensor([0.1, -0.2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32))
+    assert model.last_trajectory.dtype == torch.float32 and torch.isfinite(out).all()
+    start = initial_points(3, 8, 8)
+    assert torch.equal(model.last_trajectory[:, 0], start.expand(2, -1, -1))
+    shift = torch.tensor([0.1, -0.2]).to(torch.bfloat16).float()       # the offset head's output is bf16
+    assert torch.equal(model.last_trajectory[:, 1], (start + shift).expand(2, -1, -1))
+    assert [g.dtype for _, g in calls] == [torch.float32] * 2
+
+
+def test_drop_path_rates_start_with_the_sampling_rounds():
+    """The authors' rule: linspace(0, rate, rounds + layers), the first rates to the sampling layers."""
+    from nas.models import build_model
+
+    rates = [0.0, 0.1, 0.2, 0.3, 0.4]                                  # 3 rounds, then 2 layers
+    model = build_model(tiny_arch(iterations=3, depth=2), drop_path=0.4)
+    got = [getattr(b.drop_path, "drop_prob", 0.0) for b in [*model.tokenizer.layers, *model.stages[0].cells]]
+    assert got == pytest.approx(rates)
+    shared = build_model(tiny_arch(iterations=3, depth=2, share=True), drop_path=0.4)
+    assert shared.tokenizer.layers[0].drop_path.drop_prob == pytest.approx(0.1)  # mean of its rounds' rates
+    assert [c.drop_path.drop_prob for c in shared.stages[0].cells] == pytest.approx(rates[3:])
+    assert isinstance(build_model(tiny_arch(iterations=3)).tokenizer.layers[2].drop_path, nn.Identity)
+
+
 # --- gradients ------------------------------------------------------------------------------------------
 def test_gradients_reach_every_offset_head():
     torch.manual_seed(0)

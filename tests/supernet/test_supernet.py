@@ -405,3 +405,137 @@ def test_bound_serves_methods_other_than_forward():
     assert supernet.state_dict()["tokenizer.pos_embed_coarse"].grad is None  # state_dict holds detached tensors
     assert supernet.tokenizer.pos_embed_coarse.grad.abs().sum() > 0
     assert all(t.is_meta for n, t in bound.state_dict().items())             # swapped back after the block
+
+
+# --- training through a path: the model's own objective ------------------------------------------------------------
+TINY_CF = """
+name: tiny_cf
+input: {size: 32, channels: 3}
+num_classes: 5
+tokenizer: {type: coarse_fine, patch_size: 4, coarse_grid: 4, alpha: {choice: [0.25, 0.5]}, exit_threshold: 0.0}
+head: cls
+stages:
+  - dim: {choice: [16, 24]}
+    heads: 2
+    mlp_ratio: {choice: [1, 2]}
+    cells: [basic, {choice: [shared_pair, basic, identity]}, basic, basic]
+"""
+FINE_ONLY = ("tokenizer.pos_embed", "reuse.")  # tensors only the fine pass uses
+
+
+def _smoothed_ce(logits: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    logp = logits.log_softmax(-1)
+    return -(1 - eps) * logp.gather(1, y[:, None]).mean() - eps * logp.mean()
+
+
+def _paper_loss(coarse: torch.Tensor, fine: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """CE(fine, y) (label-smoothed) + KL(softmax(fine) || softmax(coarse)) summed over classes, mean over images."""
+    pf, pc = fine.detach().softmax(-1), coarse.softmax(-1)
+    return _smoothed_ce(fine, y, eps) + (pf * (pf.log() - pc.log())).sum(-1).mean()
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.9], ids=["warmup", "selection"])
+def test_cf_vit_path_trains_both_passes_with_the_paper_loss(tmp_path, progress):
+    """eta = 0: inference exits every image after the coarse pass, so training through ``forward`` would leave
+    the fine-only tensors without gradient. Through the model's objective every tensor on the path gets the
+    gradient the standalone model gets, and the loss is CE(fine) + KL(fine || coarse)."""
+    from timm.loss import LabelSmoothingCrossEntropy
+
+    from nas.models.coarse_fine import WARMUP_FRACTION
+    from nas.models.objective import training_loss
+    from nas.supernet.slicing import slice_tensor
+
+    space = _space(tmp_path, TINY_CF)
+    torch.manual_seed(0)
+    supernet = Supernet(space).train()
+    arch = _arch(space, **{"stages[0].dim": 16, "stages[0].mlp_ratio": 2, "tokenizer.alpha": 0.5})
+    assert arch.stages[0].cells[1] == "shared_pair" and supernet.tokenizer.cls_token.shape[-1] == 24  # a slice
+    x, y, eps = _img(32, batch=4), torch.tensor([0, 3, 1, 4]), 0.1
+    criterion = LabelSmoothingCrossEntropy(eps)
+    with supernet.bound(arch) as model:  # the old path: inference, every image exits, fine tensors untouched
+        criterion(model(x), y).backward()
+    assert supernet.reuse.mlp.fc1.weight.grad is None and supernet.tokenizer.pos_embed.grad is None
+    supernet.zero_grad(set_to_none=True)
+
+    with supernet.bound(arch) as model:
+        loss, logits = training_loss(model, x, y, criterion, progress)
+    loss.backward()
+    ref = supernet.extract(arch)
+    coarse, fine = ref.forward_train(x, warmup=progress < WARMUP_FRACTION)
+    expected = _paper_loss(coarse, fine, y, eps)
+    other = _paper_loss(*ref.forward_train(x, warmup=progress >= WARMUP_FRACTION), y, eps)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, fine, rtol=0, atol=1e-6)
+    assert abs(float(expected.detach() - other.detach())) > 1e-4  # warm-up and selection differ: the right one was run
+    expected.backward()
+
+    on_path = set()
+    for name, holder, leaf, is_param, shape, rule, _ in supernet._path(arch).entries:
+        if not is_param:
+            continue
+        full = holder._parameters[leaf]
+        on_path.add(id(full))
+        assert full.grad is not None and bool(torch.isfinite(full.grad).all()), name
+        got, want = slice_tensor(full.grad, shape, rule), ref.get_parameter(name).grad
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7, msg=name)
+        if name.startswith(FINE_ONLY) or progress < WARMUP_FRACTION:
+            assert bool(got.abs().sum() > 0), name
+        torch.testing.assert_close(full.grad.abs().sum(), got.abs().sum(), msg=name)  # nothing outside the slice
+    assert {n for n, p in supernet.named_parameters() if id(p) not in on_path and p.grad is not None} == set()
+    # the fine table: all entries in warm-up; cls + the chosen regions' fine patches once regions are selected
+    rows = int((supernet.tokenizer.pos_embed.grad[0, :, :16].abs().sum(-1) > 0).sum())
+    if progress < WARMUP_FRACTION:
+        assert rows == 1 + 64
+    else:  # k = 8 of 16 regions per image, 4 fine patches each; 4 images choose different regions
+        assert 1 + 4 * 8 <= rows < 1 + 64
+
+
+@pytest.mark.parametrize("text,size", [(TINY_PS, 32), (TINY_CF, 32), (TINY_1D, 16)], ids=["progressive", "cf", "1d"])
+def test_training_options_reach_every_path_and_change_no_eval_output(tmp_path, text, size):
+    """``Supernet(space, drop_path=r)``: every path and extracted model has the linear stochastic-depth rule of
+    its own depth (sampling rounds first); the weights and eval outputs are those of ``drop_path=0``."""
+    from timm.layers import DropPath
+
+    from nas.models.vit import drop_path_rates
+
+    space = _space(tmp_path, text)
+    torch.manual_seed(0)
+    plain = Supernet(space).eval()
+    torch.manual_seed(0)
+    dropping = Supernet(space, drop_path=0.3).eval()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), dropping.state_dict().values()))
+    x = _img(size)
+    for seed in range(4):
+        arch = space.sample(seed)
+        model = dropping.extract(arch)
+        rounds, cells = drop_path_rates(arch, 0.3)
+        want = rounds if not getattr(arch.tokenizer, "share_weights", False) else [sum(rounds) / len(rounds)]
+        want += [r for stage in cells for cell in stage for r in cell]
+        layers = [m.drop_path for m in model.modules() if hasattr(m, "drop_path") and hasattr(m, "attn")]
+        got = [m.drop_prob if isinstance(m, DropPath) else 0.0 for m in layers]
+        assert got == pytest.approx(want) and got[-1] == pytest.approx(0.3 if len(got) > 1 else 0.0)
+        with torch.no_grad():
+            assert torch.equal(dropping(x, arch), plain(x, arch))
+            assert torch.equal(model(x), plain(x, arch))
+
+
+@pytest.mark.parametrize("text,names", [
+    (TINY_PS, {"tokenizer.cls_token", "tokenizer.pos.weight", "tokenizer.pos.bias"}),
+    (TINY_CF, {"tokenizer.cls_token", "tokenizer.pos_embed", "tokenizer.pos_embed_coarse"}),
+    (TINY_1D, {"tokenizer.cls_token", "tokenizer.pos_embed"}),
+], ids=["progressive", "cf", "1d"])
+def test_no_weight_decay_on_cls_token_and_positions(tmp_path, text, names):
+    """timm's optimizer factory puts cls tokens, position tables and PS-ViT's position layer in the group
+    without weight decay, with the biases and norm weights; every other matrix decays."""
+    from timm.optim import create_optimizer_v2
+
+    space = _space(tmp_path, text)
+    supernet = Supernet(space)
+    assert supernet.no_weight_decay() == names
+    arch = space.sample(0)
+    assert {f"tokenizer.{n}" for n in supernet.extract(arch).tokenizer.no_weight_decay()} <= names
+    opt = create_optimizer_v2(supernet, opt="adamw", lr=1e-3, weight_decay=0.05)
+    name = {id(p): n for n, p in supernet.named_parameters()}
+    decayed = {name[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed and not decayed & names
+    assert decayed == {n for n, p in supernet.named_parameters() if p.ndim > 1 and n not in names}
