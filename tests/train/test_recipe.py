@@ -21,6 +21,7 @@ def test_default_recipe_is_psvit_section_4_1():
     assert (r.schedule.name, r.schedule.min_lr, r.schedule.warmup_epochs) == ("cosine", 0.0, 0)
     assert (r.batch_size, r.optimizer.weight_decay, r.epochs, r.label_smoothing) == (1024, 1e-4, 100, 0.1)
     assert r.sampler.type == "uniform" and not r.mixup.active
+    assert r.drop_path == 0 and r.coarse_fine.warmup_fraction == 2 / 3  # none stated; CF-ViT's paper: 2/3
     assert r.optimizer.timm_kwargs() == {"opt": "sgd", "lr": 0.2, "weight_decay": 1e-4, "momentum": 0.9}
 
 
@@ -45,12 +46,15 @@ mixup: {mixup_alpha: 0.8, cutmix_alpha: 1.0}
 sampler: {type: flops_bins, bins: 5, max_tries: 7}
 data: {holdout: 0.2, limit: {train: 100, val: 10}, num_workers: 1}
 checkpoint: {every_steps: 3, keep: 4}
+drop_path: 0.1
+coarse_fine: {warmup_fraction: 0.5}
 space_overrides: {input.size: 16}
 """
     (tmp_path / "a.yaml").write_text(text)
     a = load_recipe(tmp_path / "a.yaml")
     assert a.optimizer.betas == (0.8, 0.99) and a.data.limit == {"train": 100, "val": 10}
     assert a.optimizer.timm_kwargs()["opt"] == "adamw" and a.mixup.active
+    assert a.model_kwargs() == {"drop_path": 0.1, "coarse_fine_warmup": 0.5}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(a.to_dict()))
     b = load_recipe(tmp_path / "b.yaml")
     assert a == b and a.hash() == b.hash()
@@ -73,6 +77,10 @@ BAD = [  # (recipe text, line, key, message fragment)
     ("data: {limit: {train: 0}}\n", 1, "data.limit.train", "must be an integer >= 1"),
     ("data: {limit: {tran: 5}}\n", 1, "data.limit.tran", "did you mean 'train'?"),
     ("device: gpu\n", 1, "device", "expected one of auto, cpu, cuda"),
+    ("drop_path: 1\n", 1, "drop_path", "must be below 1.0"),
+    ("drop_path: -0.1\n", 1, "drop_path", "must be a number >= 0.0"),
+    ("coarse_fine: {warmup_fraction: 1.5}\n", 1, "coarse_fine.warmup_fraction", "must be a number in [0.0, 1.0]"),
+    ("coarse_fine: {warmup: 0.5}\n", 1, "coarse_fine.warmup", "unknown key 'warmup' (allowed here: warmup_fraction)"),
     ("seed: 1\nseed: 2\n", 2, "seed", "duplicate key"),
     ("- a\n- b\n", 1, None, "expected a mapping"),
 ]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,7 +47,8 @@ stages:
     mlp_ratio: {choice: [1.5, 2]}
     cells: [{choice: [basic, identity]}, basic]
 """
-# Every RNG the trainer checkpoints is exercised: numpy (mixup), torch (model init, cutmix boxes), the arch sampler.
+# Every RNG the trainer checkpoints is exercised: numpy (mixup), torch (model init, cutmix boxes, drop path), the
+# arch sampler.
 RECIPE = """\
 seed: 0
 epochs: 2
@@ -53,6 +56,7 @@ batch_size: 8
 optimizer: {name: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 1e-4}
 schedule: {name: cosine, min_lr: 0, warmup_epochs: 1, warmup_lr: 1e-3}
 label_smoothing: 0.1
+drop_path: 0.1
 mixup: {mixup_alpha: 0.8, cutmix_alpha: 1.0, prob: 0.8}
 sampler: {type: flops_bins, bins: 3, max_tries: 10}
 grad_clip: 5.0
@@ -88,7 +92,13 @@ def reference(files) -> dict:
     out = files["dir"] / "reference"
     r = _train(files, out)
     assert (r.steps, r.epochs, r.resumed_from) == (STEPS, 2, None)
-    return {"out": out, "weights": load_file(out / "supernet.safetensors"), "rows": _rows(out)}
+    return {"out": out, "weights": load_file(out / "supernet.safetensors"), "rows": _rows(out),
+            "epochs": _epoch_means(out), "loss": r.loss, "acc": r.acc}
+
+
+def _epoch_means(out: Path) -> list[tuple[str, str, str]]:
+    """(epoch, mean loss, mean acc) of the epoch summaries in train.log."""
+    return re.findall(r"epoch (\d+)/\d+: loss (\S+) acc (\S+)", (out / "train.log").read_text())
 
 
 def _rows(out: Path) -> list[dict]:
@@ -160,9 +170,16 @@ def test_sigint_mid_epoch_checkpoints_and_resumes_identically(files, reference):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     state = json.loads((out / "checkpoints" / "ckpt-000000003" / "state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (0, 3, 3)
+    losses = [float(row["loss"]) for row in _rows(out)]
+    assert state["loss_sum"] == pytest.approx(sum(losses), rel=1e-5)  # the running sums of the epoch so far
     r = _train(files, out)
     assert r.resumed_from == 3
     _assert_same_run(out, reference)
+    # the epoch-1 summary after the resume is the mean over all 5 steps of epoch 1, not over steps 4 and 5 only
+    means = reference["epochs"]
+    assert _epoch_means(out) == means and len(means) == 2
+    assert float(means[0][1]) == pytest.approx(sum(float(r["loss"]) for r in reference["rows"][:5]) / 5, abs=1e-4)
+    assert (r.loss, r.acc) == (reference["loss"], reference["acc"])
 
 
 def test_corrupted_checkpoint_and_leftovers_do_not_break_resume(files, reference, capsys):
@@ -278,3 +295,60 @@ def test_sampler_state_round_trip(bins_space):
     b = make_sampler(bins_space, "flops_bins", seed=99, bins=4)
     b.load_state_dict(state)
     assert [b.sample() for _ in range(5)] == expected and b.hits == a.hits
+
+
+# --- the training objective ------------------------------------------------------------------------------------
+CF_SPACE = """\
+name: tiny_cf
+input: {size: 16, channels: 3}
+num_classes: 10
+tokenizer: {type: coarse_fine, patch_size: 4, coarse_grid: 2, alpha: 0.5, exit_threshold: 0.0}
+head: cls
+stages:
+  - dim: {choice: [16, 24]}
+    heads: 2
+    mlp_ratio: 2
+    cells: [basic, {choice: [shared_pair, basic]}, basic]
+"""
+
+
+def test_cf_vit_steps_train_both_passes_with_the_paper_loss_and_warm_up(tmp_path):
+    """A SPOS step on a CF-ViT path: loss = label-smoothed CE(fine) + KL(fine || coarse) (batchmean), the fine pass
+    on all fine tokens for the first 2/3 of the steps, region selection after; every tensor on the path gets a
+    finite gradient, the fine-only ones too (eta = 0: inference would exit every image after the coarse pass).
+    The optimiser keeps cls token and position tables out of weight decay."""
+    from nas.train.recipe import OptimizerCfg, Recipe
+    from nas.train.spos import SposTrainer, resolve
+
+    (tmp_path / "cf.yaml").write_text(CF_SPACE)
+    rc = Recipe(epochs=3, batch_size=4, label_smoothing=0.1, device="cpu",
+                optimizer=OptimizerCfg("adamw", lr=1e-3, weight_decay=0.05))
+    assert rc.coarse_fine.warmup_fraction == 2 / 3  # the paper's schedule by default
+    space, splits, _ = resolve(str(tmp_path / "cf.yaml"), DATA, rc)
+    trainer = SposTrainer(space, splits, rc, tmp_path / "run", progress=False)
+    supernet = trainer.model
+    no_decay = {"tokenizer.cls_token", "tokenizer.pos_embed", "tokenizer.pos_embed_coarse"}
+    assert supernet.no_weight_decay() == no_decay
+    name = {id(p): n for n, p in supernet.named_parameters()}
+    assert no_decay <= {name[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] == 0
+                        for p in g["params"]}
+    arch = next(a for a in (space.sample(s) for s in range(50)) if a.stages[0].dim == 16)
+    trainer.sampler.sample = lambda: arch  # one fixed path, narrower than the supernet
+    x, y = next(iter(trainer.loader))
+    total = rc.epochs * trainer.steps_per_epoch                     # 3 x 11 steps: warm-up is steps 0..21
+    for step, warmup in ((0, True), (math.ceil(total * 2 / 3) - 1, True), (math.ceil(total * 2 / 3), False)):
+        trainer.state.global_step = step
+        with torch.no_grad():
+            coarse, fine = supernet.extract(arch).forward_train(x, warmup=warmup)  # weights before the step
+            logp, pf, pc = fine.log_softmax(-1), fine.softmax(-1), coarse.softmax(-1)
+            ce = -0.9 * logp.gather(1, y[:, None]).mean() - 0.1 * logp.mean()
+            expected = ce + (pf * (pf.log() - pc.log())).sum(-1).mean()
+        loss, acc, _, got_arch = trainer.step(x, y)
+        assert got_arch == arch and loss == pytest.approx(float(expected), abs=1e-6)
+        assert acc == float((fine.argmax(-1) == y).float().mean())
+        for key in supernet.subnet_state_dict(arch):
+            p = supernet.get_parameter(key) if key in name.values() else None
+            if p is not None:
+                assert p.grad is not None and bool(torch.isfinite(p.grad).all()), key
+                if key.startswith(("tokenizer.pos_embed", "reuse.")) or warmup:
+                    assert p.grad.abs().sum() > 0, key
