@@ -22,10 +22,11 @@ it; the additions are ``tokenizer.pos_embed_coarse`` and ``reuse``)::
     model.reuse       FeatureReuse
 
 Training: ``training_loss(img, y, criterion, progress)`` is the model's objective (``nas.models.objective``):
-``forward_train(img) -> (coarse_logits, fine_logits)`` (every image runs both passes, the paper's eta = 1) scored
-by ``coarse_fine_loss`` (paper Eq. 14), with the fine pass on all fine tokens while ``progress`` (the share of
-training done) is below ``warmup_fraction`` (the paper's 2/3) and with region selection after. Inference: ``forward(img) -> logits`` with the early exit, in train mode as
-well. After every forward ``last_macs`` holds the (B,) int64 MACs each image executed (``nas.measure``).
+``forward_train(img) -> (coarse_logits, fine_logits)`` (every image runs both passes, the paper's eta = 1)
+scored by ``coarse_fine_loss`` (paper Eq. 14), with the fine pass on all fine tokens while ``progress`` (the
+share of training done) is below ``warmup_fraction`` (the paper's 2/3), with region selection after.
+Inference: ``forward(img) -> logits`` with the early exit, in train mode as well. After every forward
+``last_macs`` holds the (B,) int64 MACs each image executed (``nas.measure``).
 
 Decisions where the paper and spec are silent:
 - Token order of the fine sequence: informative regions in ascending raster order of the c x c grid, each
@@ -50,9 +51,9 @@ Decisions where the paper and spec are silent:
   no feature reuse.
 - Warm-up (the paper's first 2/3 of training): ``model.warmup = True`` (or ``forward_train(img, warmup=True)``)
   treats every region as informative: 1 + 4c^2 fine tokens, all with feature reuse. ``forward`` (inference)
-  never uses warm-up. ``training_loss`` switches by the share of optimiser steps done (the authors switch at an
-  epoch boundary, after epoch 200 of 300); the fine position table is added to every fine token during warm-up
-  (the authors' code adds none then; see docs/decisions.md).
+  never uses warm-up. ``training_loss`` switches by the share of optimiser steps done (the paper: the first
+  200 of 300 epochs; the authors' code switches at an epoch boundary). The fine position table is added to
+  every fine token during warm-up (the authors' code adds none then; see docs/decisions.md).
 - The CE term is the trainer's criterion (label smoothing, mixup targets), as in the authors' training loop.
 - Exit rule: max of softmax(coarse logits) computed in float32, ``>= model.exit_threshold`` (initialised
   from ``arch.tokenizer.exit_threshold``; change it to sweep eta). eta = 0 exits every image, eta > 1 none.
@@ -102,7 +103,7 @@ __all__ = [
 GCA_START = 3      # first layer (0-based) of the global class attention (the paper's "4-th encoder")
 GCA_BETA = 0.99    # EMA decay of the global class attention (paper Eq. 9)
 REUSE_RATIO = 4    # hidden width of the feature-reuse MLP, in multiples of C
-WARMUP_FRACTION = 2 / 3  # share of training with the fine pass on all fine tokens (paper section 4.1)
+WARMUP_FRACTION = 2 / 3  # share of training with all fine tokens (paper, Implementation Details: 200 of 300 epochs)
 
 
 # --- shapes and cost (no model built) --------------------------------------------------------------------

@@ -1,19 +1,20 @@
 """SPOS supernet training: one sampled path per step, resumable bit for bit.
 
 Each step samples one arch (``nas.train.sampler``), scores the batch with that path's training objective (the
-arch's model's ``training_loss``, ``nas.models.objective``: plain ``criterion(model(x), y)`` for most models, CF-ViT's
-two-pass loss and warm-up for CF-ViT) and updates the weights on that path: tensors off the path keep ``grad = None`` (``zero_grad(set_to_none=True)``), so the optimiser leaves them,
-their momentum and their weight decay untouched, as in SPOS; the unused rows of a tensor the path slices get a
-zero gradient, so momentum and weight decay still move those (as in AutoFormer's weight entanglement).
+arch's model's, ``nas.models.objective``: ``criterion(model(x), y)`` for most models, the two-pass loss and
+warm-up for CF-ViT) and updates the weights on that path: tensors off the path keep ``grad = None``
+(``zero_grad(set_to_none=True)``), so the optimiser leaves them, their momentum and their weight decay untouched,
+as in SPOS; the unused rows of a tensor the path slices get a zero gradient, so momentum and weight decay still
+move those (as in AutoFormer's weight entanglement).
 Checkpoints are taken at every epoch end, every ``checkpoint.every_steps`` steps, and on SIGINT/SIGTERM at the next
 step boundary (a second signal stops at once; the last checkpoint is intact).
 
 Exact resume: a checkpoint holds the weights, the optimiser (its state keyed by parameter name) and scheduler, the
 python/numpy/torch RNG states, the arch sampler's state and the running loss and accuracy sums of the epoch in
-progress (so that the epoch summary after a resume is the mean over the whole epoch), taken at a step boundary; the data order of epoch ``e`` is a pure function of
-``(seed, e)`` and a resumed epoch skips the batches already trained (``SeededLoader.set_epoch``). A run killed
-at any point and re-run ends with the same weights as an uninterrupted one, bitwise on CPU with the same torch
-and thread count. Not covered: random data augmentation in loader worker processes (ImageFolder data with
+progress (the epoch summary after a resume is the mean over the whole epoch), taken at a step boundary; the data
+order of epoch ``e`` is a pure function of ``(seed, e)`` and a resumed epoch skips the batches already trained
+(``SeededLoader.set_epoch``). A run killed at any point and re-run ends with the same weights as an uninterrupted
+one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in loader worker processes (ImageFolder data with
 ``data.num_workers > 0``) is exact across epoch boundaries only, and GPU kernels may be non-deterministic.
 
 Decisions where the brief was silent:
