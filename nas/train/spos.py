@@ -14,8 +14,9 @@ python/numpy/torch RNG states, the arch sampler's state and the running loss and
 progress (the epoch summary after a resume is the mean over the whole epoch), taken at a step boundary; the data
 order of epoch ``e`` is a pure function of ``(seed, e)`` and a resumed epoch skips the batches already trained
 (``SeededLoader.set_epoch``). A run killed at any point and re-run ends with the same weights as an uninterrupted
-one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in loader worker processes (ImageFolder data with
-``data.num_workers > 0``) is exact across epoch boundaries only, and GPU kernels may be non-deterministic.
+one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in loader worker
+processes (ImageFolder data with ``data.num_workers > 0``) is exact across epoch boundaries only, and GPU kernels
+may be non-deterministic.
 
 Decisions where the brief was silent:
 
