@@ -261,7 +261,8 @@ class SposTrainer:
         try:
             ck.load_optimizer_state(self.optimizer, self.model, s["optimizer"], tensors)
         except ValueError as e:
-            raise NasError(f"the checkpoint's optimiser state does not fit this supernet: {e}", file=str(c.path))
+            raise NasError(f"the checkpoint's optimiser state does not fit this supernet: {e}",
+                           file=str(c.path)) from None
         if self.scheduler is not None:
             self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])
