@@ -21,6 +21,9 @@ map; nothing."""
 
 ARCH_FORMAT = "nas-arch/1"
 
+CHANNELS = (1, 3)
+"""Input channels an arch may have: grayscale or RGB, the inputs ``nas.data`` can feed (and normalise)."""
+
 
 @dataclass(frozen=True)
 class PatchTokenizer:

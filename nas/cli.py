@@ -1,7 +1,8 @@
 """The ``nas`` command: a thin layer over the library (no logic of its own).
 
 Errors in user input print one line, ``nas: error: <file>:<line>: <key.path>: <what is wrong>``, and exit
-with code 2; ``--debug`` shows the traceback instead.
+with code 2; ``--debug`` (anywhere on the line) shows the traceback instead. Usage errors (unknown flags,
+bad flag values, a missing command) are one line even with ``--debug``: their traceback says nothing.
 """
 from __future__ import annotations
 
@@ -13,13 +14,50 @@ from typing import Any
 
 from nas import __version__
 from nas.errors import NasError
+from nas.limits import MAX_SAMPLES
+
+
+class UsageError(NasError):
+    """A malformed command line (argparse's errors, flags that do not go together)."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line, like every other error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise NasError(f"{message} (see '{self.prog} --help')")
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def int_in(lo: int, hi: int | None = None) -> Any:
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi:,}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
+        return value
+    return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse type for file and folder paths: a NUL byte cannot be in a path."""
+    if "\0" in text:
+        shown = text.replace("\0", "\\0")
+        raise argparse.ArgumentTypeError(f"'{shown}': a path cannot contain a NUL byte")
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
+def out_folder(out: str) -> Path:
+    """``--out`` of commands that write files into a folder: it must be a folder (or not exist yet)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NasError("--out names an existing file; give a folder (it is created if missing)", file=out)
+    return path
 
 
 def human(n: float) -> str:
@@ -60,15 +98,16 @@ def cmd_space_show(args: argparse.Namespace) -> None:
 
 def cmd_space_sample(args: argparse.Namespace) -> None:
     from nas.cost import cost
-    from nas.space import arch_yaml, load_space, save_arch
+    from nas.space import arch_yaml, load_space, sample_distinct, save_arch
+    out = out_folder(args.out) if args.out else None
     space = load_space(args.space)
-    import random
-    rng = random.Random(args.seed)
-    for i in range(args.n):
-        arch = space.sample(rng)
+    if args.n > space.size():
+        raise UsageError(f"argument -n: {args.n:,} distinct archs asked for, the space {space.name!r} has "
+                         f"{space.size():,}; allowed: 1..{space.size():,}", file=args.space)
+    for i, arch in enumerate(sample_distinct(space, args.n, args.seed)):
         c = cost(arch)
-        if args.out:
-            path = Path(args.out) / f"{space.name}-{i:03d}-{arch.hash()}.yaml"
+        if out is not None:
+            path = out / f"{space.name}-{i:03d}-{arch.hash()}.yaml"  # the name is a safe file name (schema)
             save_arch(arch, path)
             print(f"{path}  MACs {human(c.macs)}  params {human(c.params)}")
         else:
@@ -80,6 +119,9 @@ def cmd_flops(args: argparse.Namespace) -> None:
     from nas.arch import Arch
     from nas.cost import cost
     from nas.space import load_any
+    if args.weights and not args.data:
+        raise UsageError("--weights goes with --data: they are the weights of the model whose MACs are measured "
+                         "over the data; add --data D or drop --weights")
     obj = load_any(args.file)
     if isinstance(obj, Arch):
         c = cost(obj)
@@ -91,7 +133,8 @@ def cmd_flops(args: argparse.Namespace) -> None:
             info.update(measure_inherited(args.supernet, obj, args.data, images=args.images))
         elif args.data:
             from nas.measure import measure_arch
-            info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed, weights=args.weights))
+            info.update(measure_arch(obj, args.data, images=args.images, seed=args.seed, weights=args.weights,
+                                     file=args.file))
         if args.json:
             print(json.dumps(info))
         else:
@@ -136,30 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
     p.add_argument("--version", action="version", version=f"nas {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)  # missing: see main
 
     space = sub.add_parser("space", help="validate, show or sample a search space")
     ssub = space.add_subparsers(dest="space_command", metavar="ACTION", parser_class=_Parser)
     v = ssub.add_parser("validate", help="check a space file; exit 2 with file:line on the first problem")
-    v.add_argument("space")
+    v.add_argument("space", type=path_arg)
     v.set_defaults(func=cmd_space_validate)
     s = ssub.add_parser("show", help="size, MACs and params range, and the choices of a space")
-    s.add_argument("space")
+    s.add_argument("space", type=path_arg)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_space_show)
     sm = ssub.add_parser("sample", help="sample archs uniformly; print them or write arch files")
-    sm.add_argument("space")
-    sm.add_argument("-n", type=int, default=1, help="how many (default 1)")
+    sm.add_argument("space", type=path_arg)
+    sm.add_argument("-n", type=int_in(1, MAX_SAMPLES), default=1,
+                    help=f"how many distinct archs, 1..{MAX_SAMPLES:,} and at most the size of the space (default 1)")
     sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--out", help="folder to write arch files into (default: print YAML)")
+    sm.add_argument("--out", type=path_arg, help="folder to write arch files into (default: print YAML)")
     sm.set_defaults(func=cmd_space_sample)
 
     f = sub.add_parser("flops", help="MACs and params of an arch file, or their range over a space")
-    f.add_argument("file")
+    f.add_argument("file", type=path_arg)
     f.add_argument("--json", action="store_true")
     f.add_argument("--data", help="measure mean MACs over this data (data-dependent archs: ATS, CF-ViT)")
-    f.add_argument("--images", type=int, default=256, help="images to measure over with --data (default 256)")
-    f.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
+    f.add_argument("--images", type=int_in(1), default=256, help="images to measure over with --data (default 256)")
+    f.add_argument("--weights", type=path_arg,
+                   help="safetensors weights for the arch, with --data (default: seeded random init)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--supernet", metavar="RUN_DIR", help="with --data: measure with this trained supernet's "
                    "weights sliced for the arch (default data: the run's)")
@@ -175,28 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train-supernet", help="train a weight-sharing SPOS supernet over a space (resumable)")
-    t.add_argument("space")
+    t.add_argument("space", type=path_arg)
     t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]] or an "
                    "ImageFolder root with train/ and val/")
-    t.add_argument("--recipe", help="training recipe YAML (default: the PSViT supernet recipe, "
+    t.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: the PSViT supernet recipe, "
                    "recipes/spos_supernet.yaml)")
-    t.add_argument("--out", help="run directory (default runs/<space name>-supernet); re-running on it resumes")
+    t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
     t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     t.set_defaults(func=cmd_train_supernet)
     return p
 
 
+def _missing_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> UsageError:
+    """``nas`` or ``nas space`` with nothing after: name the level that is missing and its choices."""
+    while True:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        chosen = getattr(args, action.dest, None)
+        if chosen is None:
+            return UsageError(f"missing {str(action.metavar).lower()}; choose one of: {', '.join(action.choices)} "
+                              f"(see '{parser.prog} --help')")
+        parser = action.choices[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # allowed anywhere, not only before the command
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if not hasattr(args, "func"):
-            build_parser().parse_args([*argv, "--help"])
+            raise _missing_command(parser, args)
         args.func(args)
         return 0
     except NasError as e:
-        if debug:
+        if debug and not isinstance(e, UsageError):
             raise
         print(f"nas: error: {e.format()}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ from nas.space.space import Dimension, SearchSpace
 from nas.errors import NasError
 from nas.space.yamlnodes import Node, load_nodes
 
-__all__ = ["SearchSpace", "Dimension", "load_space", "load_arch", "save_arch", "parse_size", "load_any"]
+__all__ = ["SearchSpace", "Dimension", "load_space", "load_arch", "save_arch", "parse_size", "load_any",
+           "is_arch_file", "sample_distinct"]
 
 
 def load_space(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
@@ -33,12 +34,41 @@ def load_arch(path: str | os.PathLike, overrides: Mapping[str, Any] | None = Non
     return Arch.from_dict(Parser(allow_choices=False).parse(root))
 
 
+def is_arch_file(root: Node) -> bool:
+    """The kind of a file is explicit, never guessed: an arch file has a ``format`` key (``nas-arch/1``), a
+    search space never does. A space whose every value is fixed is still a space (of one arch)."""
+    return "format" in root.value
+
+
 def load_any(path: str | os.PathLike) -> Arch | SearchSpace:
-    """An arch file has ``format: nas-arch/1`` or no choices; a space has a name and may have choices."""
+    """An arch file (``format: nas-arch/1``) as an Arch, any other file as a SearchSpace (``is_arch_file``)."""
     root = load_nodes(path)
-    if "format" in root.value or "provenance" in root.value:
+    if is_arch_file(root):
         return Arch.from_dict(Parser(allow_choices=False).parse(root))
     return SearchSpace(Parser(allow_choices=True).parse(root), file=str(path))
+
+
+def sample_distinct(space: SearchSpace, n: int, seed: int | None = None) -> list[Arch]:
+    """``n`` distinct archs drawn uniformly without replacement (``n`` at most ``space.size()``).
+
+    Each arch is an index in ``range(space.size())`` read in mixed radix (first dimension slowest), drawn with
+    ``random.sample``: no retries, so asking for every arch of a small space costs ``n`` draws, not a coupon
+    collector's ``n log n``.
+    """
+    import random
+
+    size = space.size()
+    if not 0 <= n <= size:
+        raise ValueError(f"cannot draw {n} distinct archs from a space of {size}")
+    radix = [len(d.values) for d in space.dims]
+    out = []
+    for index in random.Random(seed).sample(range(size), n):
+        vector = []
+        for r in reversed(radix):
+            index, digit = divmod(index, r)
+            vector.append(digit)
+        out.append(space.decode(vector[::-1]))
+    return out
 
 
 def arch_yaml(arch: Arch) -> str:

@@ -13,8 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from nas.arch import ARCH_FORMAT, CELL_KINDS
+import yaml
+
+from nas.arch import ARCH_FORMAT, CELL_KINDS, CHANNELS
 from nas.errors import NasError
+from nas.limits import MAX_CELLS, MAX_VALUES, name_problem
 from nas.space.yamlnodes import Node
 
 REQUIRED = object()
@@ -58,8 +61,9 @@ def parse_size(text: str | int | float) -> int:
             raise ValueError(f"bad size {text!r}: expected a number with an optional K, M, G or T suffix, "
                              f"e.g. 1.3G, 1300M or 1.3e9")
         value = float(m.group(1)) * _UNITS[m.group(2)]
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"bad size {text!r}: must be positive")
+    if not math.isfinite(value) or round(value) < 1:
+        raise ValueError(f"bad size {text!r}: a size is a count of MACs or parameters, a finite number >= 1 "
+                         f"(e.g. 1.3G, 1300M or 1.3e9)")
     return int(round(value))
 
 
@@ -109,12 +113,41 @@ def _kind(v: Any) -> str:
             float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, Node):
+        return v.plain()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def shown(v: Any, width: int = 60) -> str:
+    """A value as the user would write it in YAML (``{choise: [2, 4]}``), at most ``width`` characters: what
+    error messages quote, never an internal repr."""
+    plain = _plain(v)
+    if isinstance(plain, (dict, list)):
+        try:
+            out = yaml.safe_dump(plain, default_flow_style=True, width=10**6, sort_keys=False).strip()
+        except yaml.YAMLError:
+            out = repr(plain)
+    else:
+        out = repr(plain)
+    return out if len(out) <= width else out[:width - 3] + "..."
+
+
+def got(v: Any) -> str:
+    """'a mapping {choise: [2, 4]}', 'a string 'x'': the kind and the value, for messages."""
+    return f"{_kind(v)} {shown(v)}"
+
+
 # --- scalar parsers -----------------------------------------------------------------------------------
 def integer(lo: int | None = None, hi: int | None = None) -> Callable[[Node], int]:
     def parse(n: Node) -> int:
         v = n.value
         if isinstance(v, bool) or not isinstance(v, int):
-            raise n.error(f"expected an integer, got {_kind(v)} {v!r}")
+            raise n.error(f"expected an integer, got {got(v)}")
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             raise n.error(f"must be an integer {rng}, got {v}")
@@ -126,7 +159,7 @@ def number(lo: float, hi: float | None = None, lo_open: bool = False) -> Callabl
     def parse(n: Node) -> float:
         v = n.value
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise n.error(f"expected a number, got {_kind(v)} {v!r}")
+            raise n.error(f"expected a number, got {got(v)}")
         v = float(v)
         if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
             left = "(" if lo_open else "["
@@ -138,24 +171,40 @@ def number(lo: float, hi: float | None = None, lo_open: bool = False) -> Callabl
 
 def boolean(n: Node) -> bool:
     if not isinstance(n.value, bool):
-        raise n.error(f"expected true or false, got {_kind(n.value)} {n.value!r}")
+        raise n.error(f"expected true or false, got {got(n.value)}")
     return n.value
 
 
 def one_of(*allowed: str) -> Callable[[Node], str]:
     def parse(n: Node) -> str:
         if n.value not in allowed or not isinstance(n.value, str):
-            close = difflib.get_close_matches(str(n.value), allowed, n=1)
+            close = difflib.get_close_matches(str(n.value), allowed, n=1) if isinstance(n.value, str) else []
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise n.error(f"got {n.value!r}, expected one of {', '.join(allowed)}{hint}")
+            raise n.error(f"got {shown(n.value)}, expected one of {', '.join(allowed)}{hint}")
         return n.value
     return parse
 
 
 def text(n: Node) -> str:
     if not isinstance(n.value, str) or not n.value:
-        raise n.error(f"expected a non-empty string, got {_kind(n.value)} {n.value!r}")
+        raise n.error(f"expected a non-empty string, got {got(n.value)}")
     return n.value
+
+
+def file_name(n: Node) -> str:
+    """A name that becomes part of file and folder names: ``nas.limits.NAME_RULE``."""
+    problem = name_problem(text(n))
+    if problem:
+        raise n.error(problem)
+    return n.value
+
+
+def channels(n: Node) -> int:
+    """Image channels: one of ``nas.arch.CHANNELS`` (grayscale or RGB: what the data pipeline feeds)."""
+    v = integer()(n)
+    if v not in CHANNELS:
+        raise n.error(f"channels must be {' or '.join(map(str, CHANNELS))} (grayscale or RGB), got {v}")
+    return v
 
 
 def size(n: Node) -> int:
@@ -175,15 +224,20 @@ class Parser:
     def choosable(self, parse: Callable[[Node], Any]) -> Callable[[Node], Any]:
         """A fixed value, ``{choice: [v, ...]}`` or ``{range: [lo, hi, step]}`` (integers, inclusive)."""
         def read(n: Node) -> Any:
-            if not (n.is_map and ("choice" in n.value or "range" in n.value)):
+            if not n.is_map:
                 return parse(n)
             if not self.allow_choices:
-                raise n.error("choices are not allowed in an arch file: every value must be fixed")
-            r = Reader(n, "a choice").allow("choice", "range")
-            if r.has("choice") and r.has("range"):
-                raise n.error("give either 'choice' or 'range', not both")
+                if "choice" in n.value or "range" in n.value:
+                    raise n.error("choices are not allowed in an arch file: every value must be fixed")
+                return parse(n)
+            r = Reader(n, "a choice").allow("choice", "range")  # a mapping here is a choice: did-you-mean
+            if r.has("choice") == r.has("range"):
+                raise n.error("give either 'choice' or 'range', not both" if r.has("choice") else
+                              "expected a value, {choice: [v, ...]} or {range: [lo, hi, step]}, got an empty mapping")
             if r.has("choice"):
                 items = r.take("choice", lambda m: self._list(m, "choice"))
+                if len(items) > MAX_VALUES:
+                    raise n.error(f"choice has {len(items):,} values; allowed: at most {MAX_VALUES:,} per choice")
                 values = tuple(parse(m) for m in items)
             else:
                 bounds = r.take("range", lambda m: self._list(m, "range"))
@@ -193,6 +247,10 @@ class Parser:
                 step = step[0] if step else 1
                 if step <= 0 or hi < lo:
                     raise n.error(f"range [{lo}, {hi}, {step}] is empty: need lo <= hi and step >= 1")
+                count = (hi - lo) // step + 1  # counted, not built: [4, 4000000000, 4] stays cheap
+                if count > MAX_VALUES:
+                    raise n.error(f"range [{lo}, {hi}, {step}] has {count:,} values; allowed: at most "
+                                  f"{MAX_VALUES:,} per choice (raise the step or narrow the range)")
                 values = tuple(parse(Node(v, n.line, n.path, n.file)) for v in range(lo, hi + 1, step))
             r.done()
             if len(set(values)) != len(values):
@@ -213,9 +271,14 @@ class Parser:
         r = Reader(root, "a search space" if self.allow_choices else "an arch")
         t: dict[str, Any] = {}
         if self.allow_choices:
+            for key in ("format", "provenance"):  # the file kind is explicit: only arch files have these
+                if r.has(key):
+                    raise r.left[key].error(f"{key!r} is a key of arch files (they start with 'format: "
+                                            f"{ARCH_FORMAT}'), and a search space has none; this command reads "
+                                            f"a space: give a space file, or remove {key!r}")
             r.allow("name", "description", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
                     "ats", "qkv_bias", "norm_eps", "budget")
-            t["name"] = r.take("name", text)
+            t["name"] = r.take("name", file_name)
             r.take("description", text, None)
             budget = r.take("budget", self.budget, None)
             if budget:
@@ -223,8 +286,11 @@ class Parser:
         else:
             r.allow("format", "name", "input", "num_classes", "tokenizer", "stages", "pooling", "head", "ats",
                     "qkv_bias", "norm_eps", "provenance")
-            r.take("format", one_of(ARCH_FORMAT), None)
-            t["name"] = r.take("name", text, "")
+            if not r.has("format"):
+                raise root.error(f"missing key 'format': an arch file starts with 'format: {ARCH_FORMAT}' (a file "
+                                 f"without it is a search space; the kind of a file is never guessed)", key="format")
+            r.take("format", one_of(ARCH_FORMAT))
+            t["name"] = r.take("name", file_name, "")
         t["input"] = r.take("input", self.input)
         t["num_classes"] = r.take("num_classes", integer(1))
         t["tokenizer"] = r.take("tokenizer", self.tokenizer)
@@ -249,7 +315,7 @@ class Parser:
 
     def input(self, n: Node) -> dict[str, int]:
         r = Reader(n, "input").allow("size", "channels")
-        out = {"size": r.take("size", integer(4, 4096)), "channels": r.take("channels", integer(1, 64), 3)}
+        out = {"size": r.take("size", integer(4, 4096)), "channels": r.take("channels", channels, 3)}
         r.done()
         return out
 
@@ -275,7 +341,11 @@ class Parser:
         return out
 
     def stages(self, n: Node) -> list[dict[str, Any]]:
-        return [self.stage(m) for m in self._list(n, "stages")]
+        out = [self.stage(m) for m in self._list(n, "stages")]
+        total = sum(len(st["cells"]) for st in out)
+        if total > MAX_CELLS:
+            raise n.error(f"{total:,} cells over all stages; allowed: at most {MAX_CELLS:,}")
+        return out
 
     def stage(self, n: Node) -> dict[str, Any]:
         r = Reader(n, "a stage").allow("dim", "heads", "mlp_ratio", "cells")
@@ -289,8 +359,11 @@ class Parser:
     def cells(self, n: Node) -> list[Any]:
         """A list of cells (each a kind or a choice of kinds), or ``{repeat: n, choice: [kinds]}``."""
         kind = self.choosable(one_of(*CELL_KINDS))
-        if n.is_map and "repeat" in n.value:
-            r = Reader(n, "repeated cells").allow("repeat", "choice")
+        if n.is_map:
+            r = Reader(n, "repeated cells").allow("repeat", "choice")  # did-you-mean for 'repaet'
+            if not r.has("repeat"):
+                raise n.error("missing key 'repeat': cells are a list ([basic, {choice: [basic, identity]}]) or "
+                              "{repeat: n, choice: [kinds]}")
             count = r.take("repeat", integer(1, 256))
             values = r.take("choice", lambda m: tuple(one_of(*CELL_KINDS)(x) for x in self._list(m, "choice")))
             r.done()

@@ -1,0 +1,100 @@
+"""Bounds on what a file or a flag can make the toolkit allocate or write, and the rule for safe names.
+
+A small input must never cost a large amount of memory, time or disk: a 1 KB YAML file can describe a
+billion values through aliases ("billion laughs"), ``range: [4, 4000000000, 4]`` four billion choices, and
+``dim: 10000000`` a model of petabytes. Each bound below is checked before the work it guards, and exceeding
+it is a one-line ``NasError`` that says the bound. docs/space-dsl.md lists them for users.
+
+Names that become file or folder names (a space's ``name``, an arch's ``name``) must be safe file names, so
+that nothing is ever written outside the folder the user named: ``NAME_RULE``.
+
+Decisions where the papers are silent:
+
+- The bounds are fixed numbers, far above any published ViT search space (the largest shipped space has 20
+  decisions of at most 3 values and 18 cells), not derived from the machine, so a file that loads on one
+  machine loads on every machine. The one exception is model memory, which is what the machine has.
+- A model must hold its float32 weights in the machine's physical memory (``check_model_size``); its MACs per
+  image are bounded by ``MAX_MACS`` (10 TMACs, several times the largest published ViTs), which also bounds
+  the token count whose attention maps would not fit.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from nas.errors import NasError
+
+MAX_FILE_BYTES = 1 << 20
+"""A space, arch or recipe file (1 MiB; the shipped ones are under 4 KB)."""
+MAX_DEPTH = 32
+"""Nesting of YAML mappings and lists (a space needs 6)."""
+MAX_NODES = 100_000
+"""YAML values in one file, counted after aliases are expanded (a space needs a few hundred)."""
+MAX_VALUES = 1024
+"""Values of one ``choice`` or ``range``."""
+MAX_CELLS = 1024
+"""Cells of a space or an arch, over all stages."""
+MAX_SAMPLES = 10_000
+"""``nas space sample -n``."""
+MAX_SYNTHETIC = 100_000
+"""Images of ``--data synthetic:N``."""
+MAX_MACS = 10**13
+"""MACs per image of a model that is built (measured or trained)."""
+BYTES_PER_PARAM = 4
+"""float32 weights."""
+
+NAME_MAX = 64
+NAME_RULE = (f"1 to {NAME_MAX} characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or "
+             f"a digit")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a safe file name (``NAME_RULE``), or None when it is."""
+    if not isinstance(name, str):
+        return f"expected a string, got {type(name).__name__}"
+    if len(name) > NAME_MAX:
+        return f"a name of {len(name)} characters is too long (it becomes a file name); allowed: {NAME_RULE}"
+    if not _NAME.fullmatch(name):
+        bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
+        what = (f"has character(s) {', '.join(repr(c) for c in bad)}" if bad else
+                "does not start with a letter or a digit")
+        return f"{name!r} {what} (it becomes a file name); allowed: {NAME_RULE}"
+    return None
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a safe file name, else a NasError stating ``NAME_RULE``."""
+    problem = name_problem(name)
+    if problem:
+        raise NasError(f"{what}: {problem}")
+    return name
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def check_model_size(macs: int, params: int, what: str, file: str | None = None) -> None:
+    """Refuse, before anything is allocated, a model whose float32 weights exceed the machine's physical memory
+    or whose MACs per image exceed ``MAX_MACS``. ``macs``/``params`` come from ``nas.cost`` (no model built)."""
+    memory = physical_memory()
+    need = params * BYTES_PER_PARAM
+    if memory is not None and need > memory:
+        raise NasError(f"{what} has {params:.3g} parameters ({_bytes(need)} of float32 weights), more than the "
+                       f"{_bytes(memory)} of memory of this machine; lower dim, depth, mlp_ratio or num_classes",
+                       file=file)
+    if macs > MAX_MACS:
+        raise NasError(f"{what} needs {macs:.3g} MACs per image, above the limit of {MAX_MACS:.0e}; lower "
+                       f"input.size, dim or depth, or raise patch_size", file=file)
