@@ -12,13 +12,16 @@ Specs:
   shipped inside the installed package. It has no official val split, so a fixed val part is carved first
   (``VAL_FRACTION`` = 20% per class: 1,000 images, 100 per class), then ``holdout`` of the rest per class
   becomes ``search`` (0.1 -> 400 images, 40 per class), the remaining 3,600 are ``train``.
-- ``synthetic[:N[:C]]``: N (default 1,000) tiny 16x16 RGB images in C (default 10) balanced classes; each class
+- ``synthetic[:N[:C]]``: N (default 1,000, at most ``nas.limits.MAX_SYNTHETIC``) tiny 16x16 RGB images in C (default 10) balanced classes; each class
   is a smooth random prototype plus pixel noise, so a model can learn it (tests). Split like ``builtin``.
   The images, not only the split, are a function of ``seed``.
 - any other string is a path to an ImageFolder root with ``train/<class>/*`` and ``val/<class>/*`` (the
   ImageNet layout). ``val/`` must hold the same class folders as ``train/``. ``search`` is carved from
   ``train/``. ``train`` uses timm's training transform (random resized crop, flip, colour jitter);
   ``search`` and ``val`` use timm's eval transform (resize to img_size / 0.875, centre crop), both bilinear.
+  Unreadable images (truncated, not an image, a decompression bomb) are reported with their path: at load time
+  when the splits hold at most ``SCAN_MAX`` files (each is decoded once, which is cheap at that size), else
+  when a batch reads them.
 
 Decisions where the brief was silent:
 
@@ -59,7 +62,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nas.arch import CHANNELS
 from nas.errors import NasError
+from nas.limits import MAX_SYNTHETIC
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's IMAGENET_DEFAULT_*
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -67,6 +72,7 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, what PIL uses for RGB -> "L"
 VAL_FRACTION = 0.2  # carved val part of in-memory sets without an official val split
 SYNTHETIC_N, SYNTHETIC_CLASSES, SYNTHETIC_SIZE = 1000, 10, 16
 SPLITS = ("train", "search", "val")
+SCAN_MAX = 10_000  # ImageFolder splits up to this many files are decoded once at load time (fail fast)
 _EXPECTED = "expected 'builtin', 'mnist', 'synthetic[:N[:C]]' or an ImageFolder root with train/ and val/"
 
 
@@ -163,11 +169,19 @@ class TensorImages(Dataset):
         return convert_image(self.images[j], self.img_size, self.in_chans), int(self.labels[j])
 
 
-def _open_image(path: str, mode: str) -> Any:
+def _open_image(path: str, mode: str | None) -> Any:
+    """The decoded image (converted to ``mode`` unless None); an unreadable file is a NasError naming it."""
     from PIL import Image
 
-    with open(path, "rb") as f:
-        return Image.open(f).convert(mode)
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+            return image.convert(mode) if mode else image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NasError(f"cannot read this image ({reason}); allowed: image files PIL can decode (PNG, JPEG, ...); "
+                       f"fix or remove the file", file=path) from None
 
 
 class ImageFiles(Dataset):
@@ -244,6 +258,8 @@ def _parse_synthetic(spec: str) -> tuple[int, int]:
     except ValueError:
         raise NasError(f"data spec {spec!r}: expected 'synthetic[:N[:C]]' with integers N and C") from None
     n, c = (values + [SYNTHETIC_N, SYNTHETIC_CLASSES][len(values):])[:2]
+    if n > MAX_SYNTHETIC:
+        raise NasError(f"data spec {spec!r}: N={n:,} synthetic images; allowed: at most {MAX_SYNTHETIC:,}")
     if c < 2 or n < 3 * c:
         raise NasError(f"data spec {spec!r}: needs C >= 2 classes and N >= 3*C images "
                        f"(one each for train, search and val per class), got N={n}, C={c}")
@@ -314,9 +330,12 @@ def _scan(root: Path, part: str, spec: str) -> tuple[list[str], list[tuple[str, 
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     folder = root / part
-    if not any(p.is_dir() for p in folder.iterdir()):
-        raise NasError(f"data {spec!r}: {folder} has no class folders; expected {part}/<class>/<image>")
-    found = ImageFolder(str(folder), allow_empty=True)
+    try:
+        if not any(p.is_dir() for p in folder.iterdir()):
+            raise NasError(f"data {spec!r}: {folder} has no class folders; expected {part}/<class>/<image>")
+        found = ImageFolder(str(folder), allow_empty=True)
+    except OSError as e:
+        raise NasError(f"data {spec!r}: cannot read {e.filename or folder}: {e.strerror or e}") from None
     counts = [0] * len(found.classes)
     for _, label in found.samples:
         counts[label] += 1
@@ -357,6 +376,10 @@ def _image_folder(spec: str, root: Path, img_size: int, in_chans: int, seed: int
     samples = {"train": [train_samples[p] for p in pos["train"]],
                "search": [train_samples[p] for p in pos["search"]],
                "val": [val_samples[p] for p in val_pos]}
+    files = [rel for s in SPLITS for rel, _ in samples[s]]
+    if len(files) <= SCAN_MAX:  # fail fast: a bad file stops the start, not step 1 (or hour 3)
+        for rel in files:
+            _open_image(str(root / rel), None)
     ds = {s: ImageFiles(root, samples[s], tf_train if s == "train" else tf_eval, in_chans, classes)
           for s in SPLITS}
     names = {s: [rel for rel, _ in samples[s]] for s in SPLITS}
@@ -376,8 +399,8 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
     """
     if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
         raise NasError(f"img_size: expected a positive integer, got {img_size!r}")
-    if in_chans not in (1, 3):
-        raise NasError(f"in_chans: expected 1 or 3, got {in_chans!r}")
+    if in_chans not in CHANNELS:
+        raise NasError(f"in_chans: expected {' or '.join(map(str, CHANNELS))} (grayscale or RGB), got {in_chans!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise NasError(f"seed: expected an integer, got {seed!r}")
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -385,6 +408,8 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
     if not isinstance(spec, (str, Path)):
         raise NasError(f"data: expected a string, got {spec!r}; {_EXPECTED}")
     spec = str(spec)
+    if "\0" in spec:
+        raise NasError(f"data {spec.replace(chr(0), '?')!r}: a path cannot contain a NUL byte; {_EXPECTED}")
     holdout, limits = float(holdout), _limits(limit)
     name = spec.strip()
     if name.lower() in ("builtin", "mnist"):

@@ -3,7 +3,7 @@
 ``<run>/``::
 
     run.json          format, space (name, file, hash), recipe (name, file, hash), data (spec, split digests),
-                      overrides applied to the space; written last when a run starts, then never changed
+                      overrides applied to the space; written last when a run is committed, then never changed
     space.yaml        the resolved space (recipe overrides and num_classes applied): ``load_space`` reads it back
                       with the same hash
     recipe.yaml       the resolved recipe (every key, defaults filled in)
@@ -20,6 +20,12 @@ supernet with its final weights) for evaluation and search.
 Re-running on a directory compares the space hash, the recipe hash and the data split digests with run.json and
 refuses (``NasError``, exit 2) on any difference. The CSV is cut back to the resumed checkpoint's step before new
 rows are appended, so a resumed run has each step exactly once.
+
+A failed start never poisons a directory: ``prepare(..., commit=False)`` only checks, and the trainer calls
+``commit`` just before its first checkpoint, once the run has really started (batch size, device, memory, model
+build, the first images and steps all went through). Until then there is nothing to resume, so a re-run with a
+corrected recipe, space or data simply starts. Once committed, run.json promises a checkpoint: a run whose
+``checkpoints/`` was emptied is refused (``check_resumable``) rather than silently restarted at step 0.
 """
 from __future__ import annotations
 
@@ -49,6 +55,23 @@ against the un-mixed labels); ``lr`` used by that step; ``img_per_s`` over that 
 ``arch`` the sampled arch's hash; ``macs`` its MACs (``cost(arch).macs``)."""
 
 
+RUN_KEYS = ("format", "space.name", "space.file", "space.hash", "recipe.name", "recipe.file", "recipe.hash",
+            "data.spec", "data.sha256")
+"""Keys every run.json has (dotted paths)."""
+
+
+def make_run_dir(run: Path) -> None:
+    """Create ``run`` (and its parents); a path that names a file, or under one, is a NasError."""
+    for p in (run, *run.parents):
+        if p.exists() and not p.is_dir():
+            what = "--out names an existing file" if p == run else f"--out is under {p}, which is a file"
+            raise NasError(f"{what}; give a folder (it is created if missing)", file=str(run))
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NasError(f"cannot create the run directory: {e.strerror or e}", file=str(run)) from None
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<run>/.lock``: two trainers on one directory would corrupt it. The kernel drops
     the lock when the holder dies, even by SIGKILL."""
@@ -57,8 +80,11 @@ class RunLock:
         self.path, self.fd = run / ".lock", -1
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        make_run_dir(self.path.parent)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise NasError(f"cannot write the lock file: {e.strerror or e}", file=str(self.path)) from None
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -84,22 +110,44 @@ def run_info(space: SearchSpace, space_file: str, recipe: Recipe, data_record: d
             "space_overrides": overrides}
 
 
-def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe, data_record: dict,
-            resume: bool) -> bool:
-    """Check ``run`` against ``info`` (returns True: an existing run) or initialise it (returns False)."""
+def commit(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe, data_record: dict) -> None:
+    """Write what the run was started with, run.json last (the commit point); nothing if it is committed."""
     meta = run / "run.json"
+    if meta.exists():
+        return
+    head = f"# resolved space {space.name}, hash {space.hash}, from {info['space']['file']}"
+    if info["space_overrides"]:
+        head += f" with overrides {json.dumps(info['space_overrides'])}"
+    atomic_write(run / "space.yaml", head + "\n" + yaml.safe_dump(space.template(), sort_keys=False))
+    atomic_write(run / "recipe.yaml", f"# resolved recipe, hash {recipe.hash()}\n"
+                 + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write(run / "data_split.json", json.dumps(data_record))
+    atomic_write(meta, json.dumps(info, indent=1))  # last: marks a complete start
+
+
+def _missing_key(old: dict[str, Any]) -> str | None:
+    for key in RUN_KEYS:
+        node: Any = old
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and not key.endswith(".file"):  # recipe.file is null for the default recipe
+            return key
+    return None
+
+
+def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe, data_record: dict,
+            resume: bool, commit_now: bool = True) -> bool:
+    """Check ``run`` against ``info`` (returns True: an existing run) or, for a new run, ``commit`` it at once
+    (``commit_now``) or leave it untouched for a later ``commit`` (returns False)."""
+    meta = run / "run.json"
+    if run.exists() and not run.is_dir():
+        raise NasError("--out names an existing file; give a folder (it is created if missing)", file=str(run))
     if not meta.exists():
         if resume:
             raise NasError("--resume: nothing to resume here (no run.json); drop --resume to start a new run",
                            file=str(run))
-        head = f"# resolved space {space.name}, hash {space.hash}, from {info['space']['file']}"
-        if info["space_overrides"]:
-            head += f" with overrides {json.dumps(info['space_overrides'])}"
-        atomic_write(run / "space.yaml", head + "\n" + yaml.safe_dump(space.template(), sort_keys=False))
-        atomic_write(run / "recipe.yaml", f"# resolved recipe, hash {recipe.hash()}\n"
-                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        atomic_write(run / "data_split.json", json.dumps(data_record))
-        atomic_write(meta, json.dumps(info, indent=1))  # last: marks a complete start
+        if commit_now:
+            commit(run, info, space, recipe, data_record)
         return False
     try:
         old = json.loads(meta.read_text())
@@ -107,6 +155,10 @@ def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe,
         old = None
     if not isinstance(old, dict) or old.get("format") != RUN_FORMAT:
         raise NasError(f"not a {RUN_FORMAT} run file; use another --out", file=str(meta))
+    missing = _missing_key(old)
+    if missing:
+        raise NasError(f"run.json has no {missing!r}: not a complete {RUN_FORMAT} run file (edited by hand?); "
+                       f"use another --out, or delete the run directory to start over", file=str(meta), key=missing)
     for what in ("space", "recipe"):
         was, now = old[what]["hash"], info[what]["hash"]
         if was != now:
@@ -119,6 +171,23 @@ def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe,
                        f"{info['data']['spec']!r}: other images, seed, holdout or limit); use the original --data "
                        f"or another --out", file=str(meta), key="data.sha256")
     return True
+
+
+def logged_steps(run: Path) -> int:
+    """Rows in ``<run>/train_log.csv`` (0 when there is none)."""
+    path = run / "train_log.csv"
+    if not path.exists():
+        return 0
+    return max(len(path.read_text(errors="replace").splitlines()) - 1, 0)
+
+
+def check_resumable(run: Path, restored_step: int | None) -> None:
+    """A committed run (run.json) always has a checkpoint; none left means ``checkpoints/`` was deleted, and
+    carrying on would restart at step 0 and drop the logged steps: refuse and say so."""
+    if restored_step is None:
+        raise NasError(f"this run was committed but checkpoints/ holds no checkpoint (deleted?); resuming would "
+                       f"restart at step 0 and drop the {logged_steps(run)} logged step(s): restore checkpoints/, "
+                       f"or delete the run directory (or use another --out) to start over", file=str(run / "checkpoints"))
 
 
 class CsvLog:

@@ -35,6 +35,7 @@ Decisions where the brief was silent:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -54,11 +55,12 @@ from nas.arch import Arch
 from nas.cost import cost
 from nas.data import DataSplits, load_data, make_loader
 from nas.errors import NasError
+from nas.limits import check_model_size
 from nas.models.objective import training_loss
 from nas.space import SearchSpace, load_space
 from nas.train import checkpoint as ck
 from nas.train.recipe import Recipe, load_recipe
-from nas.train.rundir import CsvLog, RunLock, prepare, run_info
+from nas.train.rundir import CsvLog, RunLock, check_resumable, commit, prepare, run_info
 from nas.train.sampler import UniformSampler, make_sampler
 
 
@@ -214,6 +216,7 @@ class SposTrainer:
         self.sampler: UniformSampler = make_sampler(space, rc.sampler.type, rc.seed, rc.sampler.bins,
                                                     rc.sampler.max_tries)
         self.state = TrainState()
+        self.on_save: Callable[[], None] | None = None  # called once, before the first checkpoint (run commit)
 
     def _scheduler(self) -> Any:
         from timm.scheduler import create_scheduler_v2
@@ -232,6 +235,9 @@ class SposTrainer:
         return self.run_dir / "checkpoints"
 
     def save(self) -> Path:
+        if self.on_save is not None:
+            self.on_save()
+            self.on_save = None
         opt_js, tensors = ck.optimizer_state(self.optimizer, self.model)
         rng_js, rng_t = ck.rng_state()
         st = self.state
@@ -389,15 +395,23 @@ def train_supernet(space: str | os.PathLike, data: str = "builtin",
     rc = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     space_file = str(space)
     sp, splits, overrides = resolve(space_file, data, rc)
+    bounds = sp.cost_bounds()  # before anything is allocated or written
+    check_model_size(bounds["max_macs"], bounds["max_params"], "the largest arch of the space"
+                     + (" (with the recipe's space_overrides)" if rc.space_overrides else ""), file=space_file)
     run = Path(out) if out is not None else default_out(sp)
     with RunLock(run):
-        prepare(run, run_info(sp, space_file, rc, splits.split_record(), overrides), sp, rc,
-                splits.split_record(), resume)
+        record = splits.split_record()
+        info = run_info(sp, space_file, rc, record, overrides)
+        existing = prepare(run, info, sp, rc, record, resume, commit_now=False)
         if overrides.get("num_classes", None) != rc.space_overrides.get("num_classes"):
             print(f"nas: note: data {data!r} has {splits.num_classes} classes: num_classes of {space_file} is set "
                   f"to {splits.num_classes}", file=sys.stderr)
         trainer = SposTrainer(sp, splits, rc, run, build=build, progress=progress, on_step=on_step)
         resumed = trainer.restore()
+        if existing:
+            check_resumable(run, resumed)
+        else:  # committed at the first checkpoint: a start that fails before it leaves nothing to refuse
+            trainer.on_save = functools.partial(commit, run, info, sp, rc, record)
         if resumed is not None:
             st = trainer.state
             trainer.log_line(f"resumed from {run / 'checkpoints'} at epoch {st.epoch + 1}, step {st.step_in_epoch}/"
