@@ -278,6 +278,9 @@ class Parser:
                                             f"a space: give a space file, or remove {key!r}")
             r.allow("name", "description", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
                     "ats", "qkv_bias", "norm_eps", "budget")
+            if not r.has("name"):
+                raise root.error(f"missing required key 'name' (a search space has a name; an arch file starts with "
+                                 f"'format: {ARCH_FORMAT}')")
             t["name"] = r.take("name", file_name)
             r.take("description", text, None)
             budget = r.take("budget", self.budget, None)

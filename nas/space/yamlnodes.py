@@ -63,11 +63,13 @@ class _Budget:
 
     def __init__(self, file: str) -> None:
         self.file, self.left, self.open = file, MAX_NODES, set()
+        self.top: tuple[int, str] | None = None  # the top-level key being read: where an expansion is reported
 
     def spend(self, node: yaml.Node, path: str, depth: int) -> None:
         line = node.start_mark.line + 1
         self.left -= 1
         if self.left < 0:
+            line, path = self.top or (line, path)
             raise NasError(f"the file expands to more than {MAX_NODES:,} values (each use of an alias *name "
                            f"copies its anchor); allowed: at most {MAX_NODES:,}", file=self.file, line=line, key=path)
         if depth > MAX_DEPTH:
@@ -136,6 +138,8 @@ def _convert_collection(node: yaml.Node, path: str, file: str, loader: yaml.Safe
             if k.value in out:
                 raise NasError(f"duplicate key {k.value!r} (first at line {out[k.value].line})",
                                file=file, line=kline, key=_child(path, k.value))
+            if depth == 0:
+                budget.top = (kline, k.value)
             out[k.value] = _convert(v, _child(path, k.value), file, loader, budget, depth + 1)
             out[k.value].line = kline if isinstance(v, (yaml.MappingNode, yaml.SequenceNode)) else out[k.value].line
         return Node(out, line, path, file)
