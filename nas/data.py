@@ -171,7 +171,7 @@ class TensorImages(Dataset):
 
 def _open_image(path: str, mode: str | None) -> Any:
     """The decoded image (converted to ``mode`` unless None); an unreadable file is a NasError naming it."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
@@ -179,7 +179,8 @@ def _open_image(path: str, mode: str | None) -> Any:
             image.load()
             return image.convert(mode) if mode else image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = ("not an image file (empty, or a format PIL does not know)" if isinstance(e, UnidentifiedImageError)
+                  else str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise NasError(f"cannot read this image ({reason}); allowed: image files PIL can decode (PNG, JPEG, ...); "
                        f"fix or remove the file", file=path) from None
 

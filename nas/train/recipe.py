@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nas.errors import NasError
-from nas.space.schema import Reader, boolean, integer, number, one_of, text
+from nas.space.schema import Reader, boolean, got, integer, number, one_of, text
 from nas.space.yamlnodes import Node, load_nodes
 
 SPLITS = ("train", "search", "val")
@@ -231,7 +231,7 @@ def _optimizer(r: Reader) -> OptimizerCfg:
 
 def _betas(n: Node) -> tuple[float, float]:
     if not isinstance(n.value, list) or len(n.value) != 2:
-        raise n.error(f"expected two numbers [beta1, beta2] in [0, 1), got {n.value!r}")
+        raise n.error(f"expected two numbers [beta1, beta2] in [0, 1), got {got(n.value)}")
     b1, b2 = (_below(number(0.0), 1.0)(m) for m in n.value)
     return (b1, b2)
 
@@ -303,7 +303,7 @@ def _overrides(n: Node) -> dict[str, Any]:
     if n.value is None:
         return {}
     if not n.is_map:
-        raise n.error(f"expected a mapping of space key paths to values (e.g. {{input.size: 32}}), got {n.value!r}")
+        raise n.error(f"expected a mapping of space key paths to values (e.g. {{input.size: 32}}), got {got(n.value)}")
     return {k: v.plain() for k, v in n.value.items()}
 
 
