@@ -110,3 +110,41 @@ def test_debug_shows_the_traceback():
     proc = subprocess.run([sys.executable, "-m", "nas.cli", "--debug", "flops", "missing.yaml"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+FOUR = """\
+name: four
+input: {size: 16, channels: 3}
+num_classes: 10
+tokenizer: {type: patch, patch_size: 8}
+stages:
+- {dim: 16, heads: 2, mlp_ratio: {choice: [1, 2]}, cells: [{choice: [basic, identity]}]}
+"""
+
+
+def test_space_sample_writes_each_arch_once(capsys, tmp_path):
+    """-n equal to the space's size writes every arch exactly once (2 x 2 = 4, counted by hand), inside --out."""
+    space = tmp_path / "four.yaml"
+    space.write_text(FOUR)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "space", "sample", str(space), "-n", "4", "--out", str(out))
+    assert code == 0, err
+    archs = [load_arch(f) for f in sorted(out.iterdir())]
+    assert len(archs) == 4 and len({a.hash() for a in archs}) == 4
+    assert {(a.stages[0].mlp_ratio, a.stages[0].cells) for a in archs} == \
+        {(r, (c,)) for r in (1.0, 2.0) for c in ("basic", "identity")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["four.yaml", "out"]
+
+
+def test_debug_anywhere_shows_the_traceback_of_input_errors_but_not_of_usage_errors():
+    cmd = [sys.executable, "-m", "nas.cli", "flops", "missing.yaml", "--debug"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "no such file" in proc.stderr
+    proc = subprocess.run(cmd + ["--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["space"]])
+def test_no_command_or_action_is_a_usage_error(capsys, argv):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "choose one of" in err

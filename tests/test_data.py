@@ -307,3 +307,42 @@ def test_worker_seeds_follow_the_epoch():
     loader.set_epoch(1)
     torch.testing.assert_close(next(iter(loader)), first)
     assert not torch.equal(first, other)
+
+
+def test_channels_rule_is_one_rule_shared_with_the_space_schema(tmp_path):
+    """The data can feed 1 (grayscale) or 3 (RGB) channels; a space asking for 2 fails at validation, with its
+    line, not later in the data pipeline."""
+    from nas.arch import CHANNELS
+    from nas.space import load_space
+
+    assert CHANNELS == (1, 3)
+    with pytest.raises(NasError, match="in_chans: expected 1 or 3"):
+        load_data("synthetic:30", 16, 2)
+    space = tmp_path / "s.yaml"
+    space.write_text("name: s\ninput: {size: 16, channels: 2}\nnum_classes: 10\ntokenizer: {type: patch, "
+                     "patch_size: 8}\nstages:\n- {dim: 16, heads: 2, cells: [basic]}\n")
+    with pytest.raises(NasError) as e:
+        load_space(space)
+    assert (e.value.line, e.value.key) == (2, "input.channels") and "must be 1 or 3" in e.value.message
+
+
+def test_synthetic_size_is_bounded_before_allocating():
+    from nas.limits import MAX_SYNTHETIC
+
+    with pytest.raises(NasError, match="allowed: at most 100,000"):
+        load_data(f"synthetic:{MAX_SYNTHETIC + 1}", 16, 3)
+
+
+def test_unreadable_image_is_reported_with_its_path_when_read(tmp_path, monkeypatch):
+    """Folders above SCAN_MAX files are not scanned at start; a bad file then fails when a batch reads it."""
+    monkeypatch.setattr("nas.data.SCAN_MAX", 0)
+    for part in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / part / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / part / c / f"{i}.png")
+    (tmp_path / "val" / "b" / "1.png").write_bytes(b"")
+    d = load_data(str(tmp_path), 8, 3)
+    with pytest.raises(NasError) as e:
+        [d.val[i] for i in range(len(d.val))]
+    assert e.value.file == str(tmp_path.resolve() / "val" / "b" / "1.png") and "cannot read this image" in e.value.message
