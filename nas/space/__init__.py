@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 import yaml
@@ -60,9 +61,19 @@ def sample_distinct(space: SearchSpace, n: int, seed: int | None = None) -> list
     size = space.size()
     if not 0 <= n <= size:
         raise ValueError(f"cannot draw {n} distinct archs from a space of {size}")
+    rng = random.Random(seed)
+    if size <= sys.maxsize:
+        indices = rng.sample(range(size), n)
+    else:  # too large for random.sample (len(range) must fit a C integer); repeats are then vanishingly rare
+        indices, seen = [], set()
+        while len(indices) < n:
+            i = rng.randrange(size)
+            if i not in seen:
+                seen.add(i)
+                indices.append(i)
     radix = [len(d.values) for d in space.dims]
     out = []
-    for index in random.Random(seed).sample(range(size), n):
+    for index in indices:
         vector = []
         for r in reversed(radix):
             index, digit = divmod(index, r)
