@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from nas import __version__
 from nas.errors import NasError
-from nas.limits import MAX_SAMPLES
+from nas.limits import MAX_SAMPLES, check_folder
 
 
 class UsageError(NasError):
@@ -52,12 +51,6 @@ def path_arg(text: str) -> str:
     return text
 
 
-def out_folder(out: str) -> Path:
-    """``--out`` of commands that write files into a folder: it must be a folder (or not exist yet)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise NasError("--out names an existing file; give a folder (it is created if missing)", file=out)
-    return path
 
 
 def human(n: float) -> str:
@@ -99,7 +92,7 @@ def cmd_space_show(args: argparse.Namespace) -> None:
 def cmd_space_sample(args: argparse.Namespace) -> None:
     from nas.cost import cost
     from nas.space import arch_yaml, load_space, sample_distinct, save_arch
-    out = out_folder(args.out) if args.out else None
+    out = check_folder(args.out) if args.out else None
     space = load_space(args.space)
     if args.n > space.size():
         raise UsageError(f"argument -n: {args.n:,} distinct archs asked for, the space {space.name!r} has "
@@ -108,7 +101,10 @@ def cmd_space_sample(args: argparse.Namespace) -> None:
         c = cost(arch)
         if out is not None:
             path = out / f"{space.name}-{i:03d}-{arch.hash()}.yaml"  # the name is a safe file name (schema)
-            save_arch(arch, path)
+            try:
+                save_arch(arch, path)
+            except OSError as e:
+                raise NasError(f"cannot write: {e.strerror or e}", file=str(path)) from None
             print(f"{path}  MACs {human(c.macs)}  params {human(c.params)}")
         else:
             print(f"--- # {space.name} sample {i}: MACs {human(c.macs)}, params {human(c.params)}, hash {arch.hash()}")

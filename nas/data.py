@@ -56,7 +56,7 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -492,10 +492,27 @@ class SeededLoader(DataLoader):
     def epoch(self) -> int:
         return self.sampler.epoch  # type: ignore[attr-defined]
 
+    def __iter__(self) -> Iterator[Any]:
+        """DataLoader's iterator; with worker processes, a NasError raised in a worker (an unreadable image) reaches
+        the caller as the one-line error it was: torch re-raises it with the worker's traceback as its message."""
+        it = super().__iter__()
+        return it if self.num_workers == 0 else _unwrap_worker_errors(it)
+
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Make the next iteration yield epoch ``epoch``, starting after its first ``skip_batches`` batches."""
         self.sampler.set_epoch(epoch, skip_batches * self.batch_size)  # type: ignore[attr-defined]
         self.generator.manual_seed(_epoch_seed(self.seed, epoch, "workers"))
+
+
+def _unwrap_worker_errors(it: Iterator[Any]) -> Iterator[Any]:
+    prefix = f"{NasError.__module__}.{NasError.__name__}: "
+    try:
+        yield from it
+    except NasError as e:
+        last = e.message.rstrip().splitlines()[-1] if e.message.strip() else ""
+        if "Original Traceback" in e.message and last.startswith(prefix):
+            raise NasError(last[len(prefix):]) from None
+        raise
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,

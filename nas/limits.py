@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from nas.errors import NasError
 
@@ -69,6 +70,16 @@ def safe_name(name: str, what: str = "name") -> str:
     if problem:
         raise NasError(f"{what}: {problem}")
     return name
+
+
+def check_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder to write into: it may not exist yet, but neither it nor a parent may be a file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            what = f"{flag} names an existing file" if p == path else f"{flag} is under {p}, which is a file"
+            raise NasError(f"{what}; give a folder (it is created if missing)", file=str(path))
+    return path
 
 
 def physical_memory() -> int | None:

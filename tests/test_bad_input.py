@@ -284,6 +284,8 @@ CASES: dict[str, Case] = {
     "flag_sample_out_is_a_file": lambda t: _existing_file_out(t, "sample"),
     "flag_train_out_is_a_file": lambda t: _existing_file_out(t, "train"),
     "flag_train_out_under_a_file": _out_under_file,
+    "flag_sample_out_under_a_file": lambda t: (["space", "sample", _space_file(t), "--out", write(t / "f", "x") + "/o"],
+                                               "f/o", "which is a file", None),
     "flag_nul_in_out": lambda t: (["space", "sample", _space_file(t), "--out", "a\0b"], "argument --out", "NUL byte", None),
     "flag_data_of_a_space": lambda t: (["flops", _space_file(t), "--data", DATA], "space.yaml",
                                        "give an arch file, not a space", None),

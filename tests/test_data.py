@@ -345,4 +345,8 @@ def test_unreadable_image_is_reported_with_its_path_when_read(tmp_path, monkeypa
     d = load_data(str(tmp_path), 8, 3)
     with pytest.raises(NasError) as e:
         [d.val[i] for i in range(len(d.val))]
-    assert e.value.file == str(tmp_path.resolve() / "val" / "b" / "1.png") and "cannot read this image" in e.value.message
+    bad = str(tmp_path.resolve() / "val" / "b" / "1.png")
+    assert e.value.file == bad and "cannot read this image" in e.value.message
+    with pytest.raises(NasError) as e:  # read in a worker process: still one line
+        list(make_loader(d.val, batch_size=2, shuffle=False, num_workers=1))
+    assert e.value.format().startswith(f"{bad}: cannot read this image") and "\n" not in e.value.format()

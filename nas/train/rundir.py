@@ -41,6 +41,7 @@ import yaml
 
 from nas.arch import Arch
 from nas.errors import NasError
+from nas.limits import check_folder
 from nas.space import SearchSpace
 from nas.train.checkpoint import atomic_write
 from nas.train.recipe import Recipe
@@ -62,10 +63,7 @@ RUN_KEYS = ("format", "space.name", "space.file", "space.hash", "recipe.name", "
 
 def make_run_dir(run: Path) -> None:
     """Create ``run`` (and its parents); a path that names a file, or under one, is a NasError."""
-    for p in (run, *run.parents):
-        if p.exists() and not p.is_dir():
-            what = "--out names an existing file" if p == run else f"--out is under {p}, which is a file"
-            raise NasError(f"{what}; give a folder (it is created if missing)", file=str(run))
+    check_folder(run)
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -140,8 +138,7 @@ def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe,
     """Check ``run`` against ``info`` (returns True: an existing run) or, for a new run, ``commit`` it at once
     (``commit_now``) or leave it untouched for a later ``commit`` (returns False)."""
     meta = run / "run.json"
-    if run.exists() and not run.is_dir():
-        raise NasError("--out names an existing file; give a folder (it is created if missing)", file=str(run))
+    check_folder(run)
     if not meta.exists():
         if resume:
             raise NasError("--resume: nothing to resume here (no run.json); drop --resume to start a new run",
