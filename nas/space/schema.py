@@ -208,6 +208,8 @@ def channels(n: Node) -> int:
 
 
 def size(n: Node) -> int:
+    if isinstance(n.value, (dict, list)):
+        raise n.error(f"expected a size (e.g. 1.3G, 1300M or 1.3e9), got {got(n.value)}")
     try:
         return parse_size(n.value)
     except ValueError as e:
@@ -354,7 +356,7 @@ class Parser:
         r = Reader(n, "a stage").allow("dim", "heads", "mlp_ratio", "cells")
         c = self.choosable
         out = {"dim": r.take("dim", c(integer(1))), "heads": r.take("heads", c(integer(1))),
-               "mlp_ratio": r.take("mlp_ratio", c(number(0.0, lo_open=True)), 4.0),
+               "mlp_ratio": r.take("mlp_ratio", c(number(0.0, 64.0, lo_open=True)), 4.0),
                "cells": r.take("cells", self.cells)}
         r.done()
         return out
