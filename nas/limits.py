@@ -29,7 +29,7 @@ MAX_FILE_BYTES = 1 << 20
 """A space, arch or recipe file (1 MiB; the shipped ones are under 4 KB)."""
 MAX_DEPTH = 32
 """Nesting of YAML mappings and lists (a space needs 6)."""
-MAX_NODES = 100_000
+MAX_NODES = 20_000
 """YAML values in one file, counted after aliases are expanded (a space needs a few hundred)."""
 MAX_VALUES = 1024
 """Values of one ``choice`` or ``range``."""
