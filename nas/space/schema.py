@@ -275,9 +275,9 @@ class Parser:
         if self.allow_choices:
             for key in ("format", "provenance"):  # the file kind is explicit: only arch files have these
                 if r.has(key):
-                    raise r.left[key].error(f"{key!r} is a key of arch files (they start with 'format: "
-                                            f"{ARCH_FORMAT}'), and a search space has none; this command reads "
-                                            f"a space: give a space file, or remove {key!r}")
+                    raise r.left[key].error(f"this is an arch file ({key!r} is a key of arch files, which start "
+                                            f"with 'format: {ARCH_FORMAT}'), and a search space is expected here: "
+                                            f"give a space file (it has no {key!r})")
             r.allow("name", "description", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
                     "ats", "qkv_bias", "norm_eps", "budget")
             if not r.has("name"):
