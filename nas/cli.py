@@ -115,6 +115,9 @@ def cmd_flops(args: argparse.Namespace) -> None:
     from nas.arch import Arch
     from nas.cost import cost
     from nas.space import load_any
+    if args.weights and args.supernet:
+        raise UsageError("give --weights (an arch's own weights) or --supernet (a supernet's, sliced for the arch), "
+                         "not both")
     if args.weights and not args.data:
         raise UsageError("--weights goes with --data: they are the weights of the model whose MACs are measured "
                          "over the data; add --data D or drop --weights")
@@ -202,16 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", type=path_arg,
                    help="safetensors weights for the arch, with --data (default: seeded random init)")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--supernet", metavar="RUN_DIR", help="with --data: measure with this trained supernet's "
+    f.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, help="with --data: measure with this trained supernet's "
                    "weights sliced for the arch (default data: the run's)")
     f.set_defaults(func=cmd_flops)
 
     e = sub.add_parser("eval", help="score an arch with inherited supernet weights (top-1 and loss)")
-    e.add_argument("arch", help="arch file, of the supernet's space or of the space as written (mapped to it)")
-    e.add_argument("--supernet", metavar="RUN_DIR", required=True, help="a finished `nas train-supernet` run")
+    e.add_argument("arch", type=path_arg, help="arch file, of the supernet's space or of the space as written (mapped to it)")
+    e.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, required=True, help="a finished `nas train-supernet` run")
     e.add_argument("--split", choices=("search", "val"), default="search", help="held-out split (default search)")
     e.add_argument("--data", help="data spec (default: the data the supernet was trained on)")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int_in(1), default=256)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 

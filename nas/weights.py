@@ -153,8 +153,9 @@ def check_weights(path: str | os.PathLike, model: nn.Module, what: str = "the ar
                         + (f"; ... ({len(wrong) - SHOW} more)" if len(wrong) > SHOW else "") + ")")
     origin = f"the file seems to be for an arch with {describe(found)}"
     if "space_hash" in meta:
-        origin = (f"the file is a supernet's weights (space hash {meta['space_hash']}): an arch's weights are "
-                  f"sliced out of a supernet with --supernet RUN_DIR, not loaded with --weights")
+        origin = f"the file is the weights of a supernet of space hash {meta['space_hash']}"
+        if "supernet" not in what:
+            origin += ": an arch's weights are sliced out of a supernet with --supernet RUN_DIR, not loaded with --weights"
     raise _fail(file, f"the weights do not fit {what}: {'; '.join(problems)}; {origin}; {what} has "
                       f"{describe(expected)}")
 

@@ -153,7 +153,8 @@ def _wrong_keys(tmp: Path) -> tuple[list[str], str, str, None]:
 def _supernet_weights(tmp: Path) -> tuple[list[str], str, str, None]:
     w = tmp / "supernet.safetensors"
     save_file({"blocks.0.weight": torch.zeros(2, 2)}, str(w), metadata={"space_hash": "0123456789abcdef"})
-    return _weights(tmp, str(w)), str(w), "a supernet's weights (space hash 0123456789abcdef)", None
+    needle = "weights of a supernet of space hash 0123456789abcdef: an arch's weights are sliced out"
+    return _weights(tmp, str(w)), str(w), needle, None
 
 
 def _truncated_weights(tmp: Path) -> tuple[list[str], str, str, None]:
@@ -188,6 +189,33 @@ def _out_under_file(tmp: Path) -> tuple[list[str], str, str, str]:
     out = tmp / "taken" / "run"
     return (["train-supernet", write(tmp / "space.yaml", SPACE), "--data", "synthetic:64", "--out", str(out)],
             str(out), "which is a file", str(out))
+
+
+def _fake_run(tmp: Path) -> str:
+    """A run directory whose run.json lacks a key (edited by hand)."""
+    run = tmp / "run"
+    write(run / "run.json", '{"format": "nas-supernet-run/1", "space": {"name": "x", "file": "s.yaml"}}')
+    return str(run)
+
+
+def _run_with_weights(tmp: Path, content: bytes) -> str:
+    """A complete run directory (run.json, space.yaml, recipe.yaml agree) whose supernet.safetensors is ``content``."""
+    import json
+
+    import yaml
+
+    from nas.space import load_space
+    from nas.train.recipe import Recipe, load_recipe
+
+    run = tmp / "run"
+    space = load_space(write(run / "space.yaml", SPACE))
+    recipe = load_recipe(write(run / "recipe.yaml", yaml.safe_dump(Recipe().to_dict(), sort_keys=False)))
+    info = {"format": "nas-supernet-run/1", "space": {"name": space.name, "file": "space.yaml", "hash": space.hash},
+            "recipe": {"name": recipe.name, "file": None, "hash": recipe.hash()},
+            "data": {"spec": DATA, "sha256": {}}, "space_overrides": {}}
+    write(run / "run.json", json.dumps(info))
+    (run / "supernet.safetensors").write_bytes(content)
+    return str(run)
 
 
 def _space_file(tmp: Path) -> str:
@@ -287,6 +315,18 @@ CASES: dict[str, Case] = {
     "flag_sample_out_under_a_file": lambda t: (["space", "sample", _space_file(t), "--out", write(t / "f", "x") + "/o"],
                                                "f/o", "which is a file", None),
     "flag_nul_in_out": lambda t: (["space", "sample", _space_file(t), "--out", "a\0b"], "argument --out", "NUL byte", None),
+    "flag_weights_and_supernet": lambda t: (_weights(t, "w.safetensors") + ["--supernet", str(t)], "--supernet",
+                                            "not both", None),
+    "flag_eval_batch_size_zero": lambda t: (["eval", arch_file(t), "--supernet", str(t), "--batch-size", "0"],
+                                            "argument --batch-size", "must be an integer >= 1", None),
+    "run_not_a_run": lambda t: (["eval", arch_file(t), "--supernet", str(t / "nowhere")], "nowhere",
+                                "not a supernet run directory", None),
+    "run_json_missing_keys": lambda t: (["eval", arch_file(t), "--supernet", _fake_run(t)], "run.json: space.hash",
+                                        "run.json has no 'space.hash'", None),
+    "run_weights_text": lambda t: (["eval", arch_file(t), "--supernet", _run_with_weights(t, b"not weights\n")],
+                                   "supernet.safetensors", "a text file, not safetensors weights", None),
+    "run_weights_pickle": lambda t: (["flops", arch_file(t), "--supernet", _run_with_weights(t, pickle.dumps([1]))],
+                                     "supernet.safetensors", "a Python pickle (never loaded", None),
     "flag_data_of_a_space": lambda t: (["flops", _space_file(t), "--data", DATA], "space.yaml",
                                        "give an arch file, not a space", None),
 }
@@ -317,4 +357,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing_outside(name: str, tmp_
 
 def test_corpus_covers_every_kind():
     kinds = {name.split("_")[0] for name in CASES}
-    assert kinds == {"arch", "recipe", "data", "weights", "flag"} and len(CASES) >= 50
+    assert kinds == {"arch", "recipe", "data", "weights", "flag", "run"} and len(CASES) >= 50

@@ -303,6 +303,10 @@ def load_supernet_run(run_dir: str | os.PathLike) -> SupernetRun:
         raise NasError(f"unreadable run.json: {e}", file=str(meta)) from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
         raise NasError(f"not a {RUN_FORMAT} run file", file=str(meta))
+    missing = _missing_key(info)
+    if missing:
+        raise NasError(f"run.json has no {missing!r}: not a complete {RUN_FORMAT} run file (edited by hand?)",
+                       file=str(meta), key=missing)
     space = load_space(run / "space.yaml")
     recipe = load_recipe(run / "recipe.yaml")
     for what, obj in (("space", space.hash), ("recipe", recipe.hash())):
@@ -319,15 +323,11 @@ def load_supernet_run(run_dir: str | os.PathLike) -> SupernetRun:
 
 def _load_supernet(space: SearchSpace, weights: Path) -> Any:
     import torch
-    from safetensors.torch import load_model
 
     from nas.supernet import Supernet
+    from nas.weights import load_weights
 
     with torch.random.fork_rng(devices=[]):  # building draws initial values: leave the caller's RNG alone
         supernet = Supernet(space)
-    try:
-        load_model(supernet, str(weights))
-    except (RuntimeError, OSError) as e:
-        raise NasError(f"the weights do not match the supernet of space {space.name!r}: {e}",
-                       file=str(weights)) from None
+    load_weights(weights, supernet, what=f"the supernet of space {space.name!r}")
     return supernet.eval()
