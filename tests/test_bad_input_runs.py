@@ -88,7 +88,7 @@ def test_model_build_failure_then_corrected(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE)
     (tmp_path / "recipe.yaml").write_text(GOOD)
 
-    def no_memory(space):
+    def no_memory(space, **kwargs):
         raise MemoryError("cannot allocate the supernet")
 
     kw = dict(data=DATA, recipe=tmp_path / "recipe.yaml", out=tmp_path / "run", progress=False)
