@@ -8,12 +8,14 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
+from nas.cost import ats_layers_bounds, layer_macs
 from nas.errors import NasError
 from nas.models.ats import (
-    apply_ats, ats_block, ats_block_macs, ats_macs_bounds, block_macs, budget, inverse_transform_sample,
-    kept_indices, masked_block, significance, token_budget,
+    apply_ats, ats_block, inverse_transform_sample, kept_indices, masked_block, significance, token_budget,
 )
 from nas.models.layers import Block
+from nas.shapes import ats_budget as budget
+from nas.shapes import ats_max_kept
 
 P = 64  # patch tokens of the tiny ViT: 32x32 images, 4x4 patches
 
@@ -70,11 +72,13 @@ def reference_inverse_cdf(scores: list[float], k: int) -> set[int]:
 def test_budget_rule_and_errors():
     assert budget(196, keep=0.72) == 141 and budget(196, keep=0.87) == 171 and budget(196, keep=1.0) == 196
     assert budget(10, keep=0.5) == 8 and budget(5, keep=0.5) == 5      # floor of 8, capped at N_in
-    assert budget(196, k=108) == 108 and budget(50, k=108) == 50
+    # k is the number of quantiles drawn whatever N_in is (the ATS authors' fixed 197); kept <= min(k, N_in)
+    assert budget(196, k=108) == 108 and budget(50, k=108) == 108 and budget(50, k=197) == 197
+    assert ats_max_kept(50, k=197) == 50 and ats_max_kept(196, k=108) == 108 and ats_max_kept(5, keep=0.5) == 5
     n = torch.arange(0, 300)
     for keep in (0.72, 0.87, 0.5, 1.0, 0.1):
         assert token_budget(n, keep=keep).tolist() == [budget(int(i), keep=keep) for i in n]
-    assert token_budget(n, k=48).tolist() == [min(48, int(i)) for i in n]
+    assert token_budget(n, k=48).tolist() == [48] * len(n)
     for bad in (dict(), dict(keep=0.5, k=3), dict(keep=0.0), dict(keep=1.5), dict(k=0), dict(k=2.5)):
         with pytest.raises(NasError):
             budget(10, **bad)
@@ -274,18 +278,18 @@ def test_masked_timm_block_on_padding(fused):
 # --- MACs -------------------------------------------------------------------------------------------------
 def test_block_formulas():
     for n in (1, 5, 65, 197):
-        assert ats_block_macs(n, n, 384, 1536) == block_macs(n, 384, 1536)
-    # the brief's form of the ATS block cost
+        assert layer_macs(n, 384, 1536, n_out=n) == layer_macs(n, 384, 1536)
+    # the paper's form of the ATS block cost
     n, kk, C, H = 197, 109, 384, 1536
-    assert ats_block_macs(n, kk, C, H) == 3 * n * C * C + n * n * C + kk * n * C + kk * C * C + 2 * kk * C * H
+    assert layer_macs(n, C, H, n_out=kk) == 3 * n * C * C + n * n * C + kk * n * C + kk * C * C + 2 * kk * C * H
     # sharing block: V, AV, proj, MLP only
-    assert block_macs(10, 8, 32, shared=True) == 10 * 64 + 100 * 8 + 10 * 64 + 2 * 10 * 8 * 32
+    assert layer_macs(10, 8, 32, shared=True) == 10 * 64 + 100 * 8 + 10 * 64 + 2 * 10 * 8 * 32
 
 
 def test_plain_formula_matches_flop_counter():
     m = tiny_vit(fused=False)
     fixed = m.patch_embed.proj.weight.numel() * P + m.head.weight.numel()
-    assert flop_macs(m, images(1)) == fixed + 4 * block_macs(P + 1, 32, 128)
+    assert flop_macs(m, images(1)) == fixed + 4 * layer_macs(P + 1, 32, 128)
 
 
 @pytest.mark.parametrize("blocks,kw", [([1, 2, 3], dict(keep=0.72)), ([1], dict(k=20)), ([0, 2], dict(keep=0.3))])
@@ -305,21 +309,28 @@ def test_recorded_macs_equal_flop_counter_alone(blocks, kw):
 
 def test_deit_s_bounds_match_published_figures():
     fixed = 768 * 384 * 196 + 384 * 1000                    # patch embedding + head
-    deit = ats_macs_bounds(197, 384, 1536, 12, [3], keep=1.0, extra=fixed)
+
+    def bounds(blocks, **kw):
+        lo, hi = ats_layers_bounds(197, [(384, 1536, False, i in blocks) for i in range(12)], **kw)
+        return fixed + lo, fixed + hi
+
+    deit = bounds([3], keep=1.0)
     assert deit == (deit[0], 4_598_882_304)                 # DeiT-S 4.61G (methods.md), no token removed
     # single-stage DeiT-S+ATS at block 3: the paper reports about 3, 2.5 and 2 GFLOPs on average for
     # K = 108, 78, 48; the worst case (K' = K) lies just above each
     for k, paper in ((108, 3.0e9), (78, 2.5e9), (48, 2.0e9)):
-        lo, hi = ats_macs_bounds(197, 384, 1536, 12, [3], k=k, extra=fixed)
+        lo, hi = bounds([3], k=k)
         assert paper <= hi <= 1.04 * paper and lo < hi
     # multi-stage worst case shrinks with rho; best case: one patch token left after block 3
-    his = [ats_macs_bounds(197, 384, 1536, 12, range(3, 12), keep=r, extra=fixed)[1] for r in (1.0, 0.87, 0.72)]
+    his = [bounds(range(3, 12), keep=r)[1] for r in (1.0, 0.87, 0.72)]
     assert his[0] == 4_598_882_304 and his[0] > his[1] > his[2]
     # the paper's multi-stage averages (about 3, 2.5, 2 GFLOPs for rho = 1, 0.87, 0.72) sit below them
     assert all(avg < hi < avg * 1.6 for avg, hi in zip((3.0e9, 2.5e9, 2.0e9), his))
-    lo = ats_macs_bounds(197, 384, 1536, 12, range(3, 12), keep=0.72, extra=fixed)[0]
-    assert lo == fixed + 3 * block_macs(197, 384, 1536) + ats_block_macs(197, 2, 384, 1536) + 8 * ats_block_macs(
-        2, 2, 384, 1536)
+    lo = bounds(range(3, 12), keep=0.72)[0]
+    assert lo == fixed + 3 * layer_macs(197, 384, 1536) + layer_macs(197, 384, 1536, n_out=2) + 8 * layer_macs(
+        2, 384, 1536, n_out=2)
+    # the authors' k = 197 in every block: the worst case keeps every token, i.e. plain DeiT-S
+    assert bounds(range(3, 12), k=197)[1] == 4_598_882_304
 
 
 # --- the wrapper: weights, training, errors ---------------------------------------------------------------------
