@@ -232,7 +232,7 @@ def ats_fixed_macs(arch: Arch, static_macs: int | None = None) -> int:
     n = stage_tokens(arch)
     fixed = static_cost(arch)[0] if static_macs is None else static_macs
     for s, st in enumerate(arch.stages):
-        if ats_stage(arch, s):
+        if ats_stage(arch.pooling.type, s, len(arch.stages)):
             pairs = st.cells.count("shared_pair")
             fixed -= stage_layers_macs(n[s], st.dim, st.hidden, st.cells.count("basic") + pairs, pairs)
     return fixed
@@ -267,15 +267,15 @@ def ats_macs_bounds(arch: Arch, static_macs: int | None = None) -> tuple[int, in
     ``arch.ats.blocks`` are global cell indices; ATS acts in the cell's last layer.
     """
     fixed, tokens = ats_fixed_macs(arch, static_macs), stage_tokens(arch)
-    first_stage = next(s for s in range(len(arch.stages)) if ats_stage(arch, s))
+    in_ats = [ats_stage(arch.pooling.type, s, len(arch.stages)) for s in range(len(arch.stages))]
     blocks = set(arch.ats.blocks)
     layers = []
     for g, (s, _, kind) in enumerate(arch.cells()):
-        if ats_stage(arch, s):
+        if in_ats[s]:
             st, shared_flags = arch.stages[s], CELL_LAYERS[kind]
             layers += [(st.dim, st.hidden, shared, g in blocks and i == len(shared_flags) - 1)
                        for i, shared in enumerate(shared_flags)]
-    lo, hi = ats_layers_bounds(tokens[first_stage], layers, arch.ats.keep, arch.ats.k)
+    lo, hi = ats_layers_bounds(tokens[in_ats.index(True)], layers, arch.ats.keep, arch.ats.k)
     return fixed + lo, fixed + hi
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from nas.arch import CELL_KINDS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, Stage
+from nas.arch import CELL_KINDS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, Stage, Tokenizer
 from nas.errors import NasError
 
 # --- widths ---------------------------------------------------------------------------------------------
@@ -102,9 +102,13 @@ def pooled(pooling_type: str, kernel: int, n_patch: int, side: int) -> tuple[int
 
 def grid_side(arch: Arch) -> int:
     """Side of the square grid of patch tokens the tokenizer emits into stage 0 (side * side tokens, + cls)."""
-    tok = arch.tokenizer
+    return tokenizer_side(arch.img_size, arch.tokenizer)
+
+
+def tokenizer_side(img_size: int, tok: Tokenizer) -> int:
+    """``grid_side`` from the input size and the tokenizer alone."""
     if isinstance(tok, PatchTokenizer):
-        return arch.img_size // tok.patch_size
+        return img_size // tok.patch_size
     if isinstance(tok, ProgressiveTokenizer):
         return tok.points
     if isinstance(tok, CoarseFineTokenizer):
@@ -158,9 +162,9 @@ def ats_max_kept(n_patches: int, keep: float | None = None, k: int | None = None
     return min(ats_budget(n_patches, keep, k), n_patches)
 
 
-def ats_stage(arch: Arch, s: int) -> bool:
+def ats_stage(pooling_type: str, s: int, n_stages: int) -> bool:
     """Whether stage ``s`` can hold ATS cells: after the last token pooling (every stage without pooling)."""
-    return arch.pooling.type == "none" or s == len(arch.stages) - 1
+    return pooling_type == "none" or s == n_stages - 1
 
 
 # --- CF-ViT ---------------------------------------------------------------------------------------------
