@@ -25,8 +25,10 @@ Decisions where the paper is loose (each is also stated where it is implemented)
 - ``N_in`` in the budget rule K = max(round(rho * N_in), 8), capped at N_in, counts the real *patch* tokens
   entering the block (cls excluded); ``round`` is Python's (half to even).
 - A fixed ``k`` is the number of quantiles drawn, whatever N_in is (``nas.shapes.ats_budget``): the ATS
-  authors' released DeiT-S model draws 197 in every ATS block, also after earlier blocks dropped tokens.
-  Quantiles that land on the same token merge, so K' <= min(k, N_in); ``k: 197`` means what it means there.
+  authors' released DeiT-S model (NUM_TOKENS = 197, cls included) draws 196 in every ATS block, also after
+  earlier blocks dropped tokens: ``k=196`` here. Quantiles that land on the same token merge, so
+  K' <= min(k, N_in). (Their quantiles are evenly spaced from the smallest CDF value to 1 on a min-max
+  normalised CDF; ours are (2i-1)/(2K) on the true CDF, as the paper writes.)
 - ``apply_ats`` refuses hybrid ViTs (a CNN backbone before the patch projection, timm's ``HybridEmbed``):
   the MACs it records per image would leave the backbone out.
 """

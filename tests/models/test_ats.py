@@ -72,7 +72,7 @@ def reference_inverse_cdf(scores: list[float], k: int) -> set[int]:
 def test_budget_rule_and_errors():
     assert budget(196, keep=0.72) == 141 and budget(196, keep=0.87) == 171 and budget(196, keep=1.0) == 196
     assert budget(10, keep=0.5) == 8 and budget(5, keep=0.5) == 5      # floor of 8, capped at N_in
-    # k is the number of quantiles drawn whatever N_in is (the ATS authors' fixed 197); kept <= min(k, N_in)
+    # k is the number of quantiles drawn whatever N_in is (the ATS authors' fixed 196); kept <= min(k, N_in)
     assert budget(196, k=108) == 108 and budget(50, k=108) == 108 and budget(50, k=197) == 197
     assert ats_max_kept(50, k=197) == 50 and ats_max_kept(196, k=108) == 108 and ats_max_kept(5, keep=0.5) == 5
     n = torch.arange(0, 300)
@@ -329,8 +329,8 @@ def test_deit_s_bounds_match_published_figures():
     lo = bounds(range(3, 12), keep=0.72)[0]
     assert lo == fixed + 3 * layer_macs(197, 384, 1536) + layer_macs(197, 384, 1536, n_out=2) + 8 * layer_macs(
         2, 384, 1536, n_out=2)
-    # the authors' k = 197 in every block: the worst case keeps every token, i.e. plain DeiT-S
-    assert bounds(range(3, 12), k=197)[1] == 4_598_882_304
+    # the authors' 196 draws in every block: the worst case keeps every token, i.e. plain DeiT-S
+    assert bounds(range(3, 12), k=196)[1] == bounds(range(3, 12), k=500)[1] == 4_598_882_304
 
 
 # --- the wrapper: weights, training, errors ---------------------------------------------------------------------
@@ -392,3 +392,74 @@ def test_deit_small():  # about 1 s: one 224x224 image
     lo, hi = ats.macs_bounds()
     assert lo <= int(ats.last_macs[0]) <= hi < 4_598_882_304
     assert next(ats.parameters()) is next(m.parameters())
+
+
+# --- k above the tokens left (the authors' fixed number of draws) ------------------------------------------------
+def test_k_above_the_tokens_left_draws_k_quantiles(monkeypatch):
+    """The ATS authors' DeiT-S draws the same number of quantiles (196, one per input patch) in every ATS block,
+    also after earlier blocks dropped tokens. A k above the tokens left means the same here: every block draws
+    k quantiles over its real tokens and keeps each token hit, so K' = the distinct tokens of k draws."""
+    import nas.models.ats as ats_mod
+
+    m = tiny_vit(fused=False)
+    peaky_(m, std=0.15)
+    calls = []
+    real = ats_mod.inverse_transform_sample
+
+    def spy(scores, k):
+        selected = real(scores, k)
+        calls.append((scores.clone(), k.clone(), selected.clone()))
+        return selected
+
+    monkeypatch.setattr(ats_mod, "inverse_transform_sample", spy)
+    x = images(4, seed=3)
+    K = P  # the authors' rule at this size: as many draws as input patches, in every block
+    with torch.no_grad():
+        ats = apply_ats(m, [1, 2, 3], k=K)
+        ats(x)
+    assert len(calls) == 3
+    more_than_capped = 0
+    for b, (scores, k, selected) in enumerate(calls):
+        assert k.tolist() == [K] * 4                      # K draws whatever is left
+        for i in range(4):
+            real_tokens = int((scores[i] > 0).sum())
+            picked = reference_inverse_cdf(scores[i].tolist(), K)   # K quantiles, inverse CDF, unique
+            assert set(selected[i].nonzero().flatten().tolist()) == picked
+            assert int((ats.last_kept[b][i] > 0).sum()) == len(picked) <= real_tokens
+            # the capped rule (K = N_in draws) keeps at most as many, and fewer once tokens were dropped
+            capped = len(reference_inverse_cdf(scores[i].tolist(), real_tokens))
+            assert capped <= len(picked)
+            more_than_capped += capped < len(picked)
+    assert more_than_capped > 0                           # the two rules differ on this model
+
+
+def test_k_above_tokens_is_a_valid_space(tmp_path):
+    from dataclasses import replace
+
+    from nas.cost import cost
+    from nas.models import build_model
+    from nas.space import load_space
+
+    path = tmp_path / "k.yaml"
+    path.write_text("name: k\ninput: {size: 32, channels: 3}\nnum_classes: 10\ntokenizer: {type: patch, patch_size: 8}\n"
+                    "stages:\n  - {dim: 16, heads: 2, mlp_ratio: 2, cells: [basic, basic, basic]}\n"
+                    "ats: {blocks: [1, 2], k: {choice: [4, 196]}}\n")
+    space = load_space(path)
+    archs = [space.decode([0]), space.decode([1])]
+    plain = cost(replace(archs[1], ats=None))
+    assert cost(archs[1]).macs_max == plain.macs                # 196 draws over 16 tokens: all may stay
+    assert cost(archs[0]).macs_max < plain.macs
+    assert space.cost_bounds()["max_macs"] == plain.macs
+    model = build_model(archs[1]).eval()
+    with torch.no_grad():
+        model(images(2))
+    assert all(int(n) <= plain.macs for n in model.last_macs)
+
+
+def test_hybrid_vit_is_refused():
+    """A CNN stem before the patch projection (timm's HybridEmbed) would be left out of the recorded MACs."""
+    import timm
+
+    m = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=64).eval()
+    with pytest.raises(NasError, match="hybrid"):
+        apply_ats(m, [1], keep=0.5)
