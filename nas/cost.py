@@ -42,6 +42,7 @@ from nas.shapes import (
     grid_side,
     num_regions,
     pooled,
+    pooled_len_1d,
     stage_tokens,
     stem_widths,
 )
@@ -92,22 +93,23 @@ def cell_params(kind: str, dim: int, hidden: int, qkv_bias: bool = True) -> int:
     return sum(layer_params(dim, hidden, shared, qkv_bias) for shared in CELL_LAYERS[kind])
 
 
-def stage_layers_macs(n_tokens: int, dim: int, hidden: int, full: int, pairs: int) -> int:
-    """MACs of a stage's layers on ``n_tokens`` tokens: ``full`` layers computing their own attention map
-    (basic cells and the first layer of each pair) and ``pairs`` sharing second layers."""
-    return full * layer_macs(n_tokens, dim, hidden) + pairs * layer_macs(n_tokens, dim, hidden, shared=True)
-
-
 def stage_cost(st: Stage, n_tokens: int, qkv_bias: bool, stage: int = 0) -> tuple[int, int]:
-    """(MACs, params) of a stage's cells on ``n_tokens`` tokens."""
+    """(MACs, params) of a stage's cells on ``n_tokens`` tokens: one own-map layer per basic cell and per
+    shared pair, plus one sharing layer per pair. (The hot path of ``cost``: counts, not a loop over cells.)"""
     cells = st.cells
-    basic, pairs = cells.count("basic"), cells.count("shared_pair")
-    if basic + pairs + cells.count("identity") != len(cells):
+    pairs = cells.count("shared_pair")
+    full = cells.count("basic") + pairs  # layers computing their own attention map
+    if full + cells.count("identity") != len(cells):
         raise NasError(f"unknown cell kind in {list(cells)}; allowed: basic, shared_pair, identity",
                        key=f"stages[{stage}].cells")
-    d, h, full = st.dim, st.hidden, basic + pairs  # full: layers computing their own map
-    return (stage_layers_macs(n_tokens, d, h, full, pairs),
-            full * layer_params(d, h, False, qkv_bias) + pairs * layer_params(d, h, True, qkv_bias))
+    if not full:
+        return 0, 0
+    d, h = st.dim, st.hidden
+    macs, params = full * layer_macs(n_tokens, d, h), full * layer_params(d, h, False, qkv_bias)
+    if pairs:
+        macs += pairs * layer_macs(n_tokens, d, h, True)
+        params += pairs * layer_params(d, h, True, qkv_bias)
+    return macs, params
 
 
 # --- tokenizers, pooling, head --------------------------------------------------------------------------
@@ -176,12 +178,13 @@ def pooling_cost(pooling_type: str, kernel: int, n_patch: int, side: int, dim_in
     check_pooling(pooling_type, dim_in, dim_out)
     if pooling_type == "none":
         return 0, 0, n_patch, side
-    n_out, side_out = pooled(pooling_type, kernel, n_patch, side)
     cls_macs, cls_params = dim_in * dim_out * cls, (dim_in * dim_out + dim_out) * cls
-    if pooling_type == "1d":
-        positions, conv = conv_out(n_patch, kernel, 1, kernel // 2), kernel * dim_in * dim_out  # stride-1 Conv1d
-    else:
-        positions, conv = n_out, kernel * kernel * dim_in * dim_out                             # stride-2 Conv2d
+    if pooling_type == "1d":  # stride-1 Conv1d, then max pooling
+        n_out, side_out = pooled_len_1d(n_patch, kernel), side
+        positions, conv = conv_out(n_patch, kernel, 1, kernel // 2), kernel * dim_in * dim_out
+    else:                     # stride-2 Conv2d
+        n_out, side_out = pooled(pooling_type, kernel, n_patch, side)
+        positions, conv = n_out, kernel * kernel * dim_in * dim_out
     return positions * conv + cls_macs, conv + dim_out + cls_params, n_out, side_out
 
 
@@ -233,8 +236,7 @@ def ats_fixed_macs(arch: Arch, static_macs: int | None = None) -> int:
     fixed = static_cost(arch)[0] if static_macs is None else static_macs
     for s, st in enumerate(arch.stages):
         if ats_stage(arch.pooling.type, s, len(arch.stages)):
-            pairs = st.cells.count("shared_pair")
-            fixed -= stage_layers_macs(n[s], st.dim, st.hidden, st.cells.count("basic") + pairs, pairs)
+            fixed -= stage_cost(st, n[s], arch.qkv_bias, s)[0]
     return fixed
 
 
