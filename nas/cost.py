@@ -3,7 +3,7 @@
 This module owns every MACs and parameter formula of the toolkit; the models import it to record the
 MACs they execute (ATS, CF-ViT), never the other way round, and it imports neither torch nor a model.
 
-Convention (fvcore; docs/decisions.md): MACs = multiply-accumulates of one image at ``arch.img_size``,
+Convention (fvcore; docs/mechanisms.md, "Cost"): MACs = multiply-accumulates of one image at ``arch.img_size``,
 counting only matmul / linear / conv / bmm, i.e. what ``torch.utils.flop_counter.FlopCounterMode`` reports
 divided by 2 (with fused attention off). Counted: patch-embedding conv, the PS-ViT stem convs, position and
 offset Linears of progressive sampling, Q/K/V projections, Q K^T, A V, output projection, both MLP layers,

@@ -25,7 +25,7 @@ from nas.arch import Pooling
 from nas.errors import NasError
 from nas.shapes import check_kernel, check_pooling, pooled_len_1d, pooled_side_2d
 
-__all__ = ["TokenPool1d", "TokenPool2d", "build_pooling", "pooled_len_1d", "pooled_side_2d"]
+__all__ = ["TokenPool1d", "TokenPool2d", "build_pooling"]
 
 
 class TokenPool1d(nn.Module):

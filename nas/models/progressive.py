@@ -1,4 +1,4 @@
-"""PS-ViT progressive sampling tokenizer (paper 000/001; methods.md section 1); its cost is ``nas.cost.progressive_cost``.
+"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1); cost: ``nas.cost.progressive_cost``.
 
 A ResNet stem turns the image into a stride-4 feature map F (B, C, H, W). Then ``iterations`` rounds of:
 sample n*n tokens of F bilinearly at the points p_t, add a position embedding of the (detached) points and
