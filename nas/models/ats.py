@@ -319,8 +319,8 @@ def apply_ats(model: VisionTransformer, blocks: Sequence[int], keep: float | Non
 
     Works without retraining (ATS has no parameters) and trains end to end. ``blocks`` are 0-based block
     indices; exactly one of ``keep`` (ratio rho, K = max(round(rho N_in), 8) capped at N_in) and ``k``
-    (K = k quantiles drawn, so at most min(k, N_in) tokens kept). The paper's DeiT-S settings: blocks 3..11 with keep in {1, 0.87, 0.72}, or block 3
-    alone with k in {108, 78, 48}.
+    (K = k quantiles drawn, so at most min(k, N_in) tokens kept). The paper's DeiT-S settings: blocks 3..11
+    with keep in {1, 0.87, 0.72}, or block 3 alone with k in {108, 78, 48}.
     """
     check_ats_budget(keep, k)
     if not isinstance(model, VisionTransformer):

@@ -1,4 +1,6 @@
-"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1); cost: ``nas.cost.progressive_cost``.
+"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1).
+
+Its cost is ``nas.cost.progressive_cost``.
 
 A ResNet stem turns the image into a stride-4 feature map F (B, C, H, W). Then ``iterations`` rounds of:
 sample n*n tokens of F bilinearly at the points p_t, add a position embedding of the (detached) points and
@@ -10,8 +12,9 @@ Decisions where the brief or the paper are silent (or disagree with the authors'
 - Stem widths. The paper takes "the first two residual blocks of ResNet-50's first stage", whose output width
   is 256; the authors' published models use 64 -> 256 -> C for PS-ViT-B (C = 384) and 64 -> 192 -> 192 for
   PS-ViT-Ti (C = 192). Both are ``min(C, 256)`` for the first block's output width
-  (``nas.shapes.stem_widths``). With the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and 2.86G MACs for B/10 (published 21.34M,
-  3.11G: -8%); with the authors' widths every published figure is met (see spaces/reference/ps_vit_*.yaml).
+  (``nas.shapes.stem_widths``). With the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and
+  2.86G MACs for B/10 (published 21.34M, 3.11G: -8%); with the authors' widths every published figure is met
+  (see spaces/reference/ps_vit_*.yaml).
 - The bottleneck is written here: timm's and torchvision's ``Bottleneck`` derive the output width as
   4 x planes and the inner width by a floor formula, which cannot express 64 -> 64 -> 192 exactly.
 - MACs of the bilinear sampling (``grid_sample``) are counted as 0. It is neither a matmul nor a conv (the

@@ -441,7 +441,8 @@ def test_k_above_tokens_is_a_valid_space(tmp_path):
     from nas.space import load_space
 
     path = tmp_path / "k.yaml"
-    path.write_text("name: k\ninput: {size: 32, channels: 3}\nnum_classes: 10\ntokenizer: {type: patch, patch_size: 8}\n"
+    path.write_text("name: k\ninput: {size: 32, channels: 3}\nnum_classes: 10\n"
+                    "tokenizer: {type: patch, patch_size: 8}\n"
                     "stages:\n  - {dim: 16, heads: 2, mlp_ratio: 2, cells: [basic, basic, basic]}\n"
                     "ats: {blocks: [1, 2], k: {choice: [4, 196]}}\n")
     space = load_space(path)
