@@ -43,6 +43,7 @@ from nas.shapes import (
     num_regions,
     pooled,
     pooled_len_1d,
+    progressive_modules,
     stage_tokens,
     stem_widths,
 )
@@ -141,8 +142,7 @@ def progressive_cost(img_size: int, in_chans: int, tok: ProgressiveTokenizer, di
     b2 = _bottleneck_cost(w1, STEM_WIDTH, w2, side * side)
     macs = half * half * conv1 + b1[0] + b2[0]
     params = conv1 + 2 * STEM_WIDTH + b1[1] + b2[1]
-    n_layers = 1 if tok.share_weights else N
-    n_heads = min(n_layers, N - 1)  # no offset head after the last round
+    n_layers, n_heads = progressive_modules(tok)
     macs += N * layer_macs(P, C, hidden) + N * P * 2 * C + (N - 1) * P * C * 2  # layers, position, offsets
     params += n_layers * layer_params(C, hidden, False, qkv_bias) + 3 * C + n_heads * (2 * C + 2)
     return macs, params + cls * C

@@ -39,6 +39,13 @@ def heads_error(dim: int, heads: int) -> str | None:
     return f"dim {dim} is not divisible by heads {heads}"
 
 
+def progressive_modules(tok: ProgressiveTokenizer) -> tuple[int, int]:
+    """PS-ViT: (encoder layers, offset heads) of the sampling module: one of each when ``share_weights``
+    (the paper's dagger variant), else one layer per round; no offset head after the last round."""
+    n_layers = 1 if tok.share_weights else tok.iterations
+    return n_layers, min(n_layers, tok.iterations - 1)
+
+
 def stem_widths(dim: int) -> tuple[int, int]:
     """PS-ViT: output widths of the stem's two bottlenecks, (min(C, 256), C), as in the authors' models."""
     return min(dim, STAGE1_WIDTH), dim

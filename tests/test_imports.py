@@ -76,6 +76,18 @@ def test_cost_and_space_do_not_import_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_cli_reads_spaces_and_arch_files_without_torch():
+    code = ("import sys; from nas.cli import main; "
+            "assert main(['space', 'validate', 'spaces/psvit_tiny.yaml']) == 0; "
+            "assert main(['space', 'show', 'spaces/combined.yaml', '--json']) == 0; "
+            "assert main(['flops', 'spaces/reference/deit_small.yaml']) == 0; "
+            "assert main(['flops', 'spaces/ats_deit_small.yaml']) == 0; "
+            "assert main(['flops', 'missing.yaml']) == 2; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_cost_imports_no_model():
     graph = import_graph()
     for mod in ("nas.cost", "nas.shapes", "nas.arch"):

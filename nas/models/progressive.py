@@ -50,7 +50,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.models.layers import Block
-from nas.shapes import STEM_WIDTH, check_progressive, stem_widths
+from nas.shapes import STEM_WIDTH, check_progressive, progressive_modules, stem_widths
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck, stride 1: 1x1 in->mid, 3x3 mid->mid, 1x1 mid->out, each with BN; ReLU after the add.
@@ -140,8 +140,7 @@ class ProgressiveSampling(nn.Module):
         self.in_chans, self.dim = arch.in_chans, st.dim
         self.stem = make_stem(arch.in_chans, st.dim)
         self.pos = nn.Linear(2, st.dim)
-        n_layers = 1 if tok.share_weights else tok.iterations
-        n_heads = min(n_layers, tok.iterations - 1)  # no offset head after the last round
+        n_heads = progressive_modules(tok)[1]  # layers: one per rate below (one when share_weights)
         rates = list(drop_path) if drop_path else [0.0] * tok.iterations  # one per round
         if tok.share_weights:
             rates = [sum(rates) / len(rates)]
