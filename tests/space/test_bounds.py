@@ -39,6 +39,14 @@ stages:
   - {dim: {choice: [16, 24]}, heads: 2, mlp_ratio: 2, cells: [{choice: [basic, shared_pair]}, basic, basic]}
 ats: {blocks: {subset: [2, 3, 4]}, k: {choice: [2, 5, 40]}}
 """,
+    # fixed ATS blocks over two stages without pooling: the token count flows from stage to stage
+    "ats_stages": HEAD + """
+tokenizer: {type: patch, patch_size: 4}
+stages:
+  - {dim: 16, heads: 2, mlp_ratio: {choice: [1, 3]}, cells: [{choice: [basic, shared_pair]}, {choice: [basic, identity]}]}
+  - {dim: 16, heads: {choice: [1, 2]}, mlp_ratio: {choice: [2, 4]}, cells: [{choice: [shared_pair, basic]}, basic]}
+ats: {blocks: [0, 2], keep: {choice: [1.0, 0.6, 0.2]}}
+""",
     # PS-ViT: iterations x share_weights x points x width (the old search missed the max params)
     "progressive": HEAD + """
 tokenizer: {type: progressive, points: {choice: [2, 4]}, iterations: {choice: [1, 2, 3]},
