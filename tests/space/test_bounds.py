@@ -43,7 +43,10 @@ ats: {blocks: {subset: [2, 3, 4]}, k: {choice: [2, 5, 40]}}
     "ats_stages": HEAD + """
 tokenizer: {type: patch, patch_size: 4}
 stages:
-  - {dim: 16, heads: 2, mlp_ratio: {choice: [1, 3]}, cells: [{choice: [basic, shared_pair]}, {choice: [basic, identity]}]}
+  - dim: 16
+    heads: 2
+    mlp_ratio: {choice: [1, 3]}
+    cells: [{choice: [basic, shared_pair]}, {choice: [basic, identity]}]
   - {dim: 16, heads: {choice: [1, 2]}, mlp_ratio: {choice: [2, 4]}, cells: [{choice: [shared_pair, basic]}, basic]}
 ats: {blocks: [0, 2], keep: {choice: [1.0, 0.6, 0.2]}}
 """,
