@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, Stage, Tokenizer
+from nas.arch import CELL_LAYERS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, Stage, Tokenizer
 from nas.errors import NasError
 from nas.shapes import (
     REUSE_RATIO,
@@ -79,19 +79,19 @@ def layer_params(dim: int, hidden: int, shared: bool = False, qkv_bias: bool = T
     return 4 * dim + proj + dim * dim + dim + dim * hidden + hidden + hidden * dim + dim
 
 
-CELL_LAYERS = {"basic": (False,), "shared_pair": (False, True), "identity": ()}
-"""The layers of each cell kind, as their ``shared`` flags."""
+CELL_SHARING = {kind: tuple(i > 0 for i in range(n)) for kind, n in CELL_LAYERS.items()}
+"""The layers of each cell kind as their ``shared`` flags: in a pair, the second reuses the first's map."""
 
 
 def cell_macs(kind: str, n_tokens: int, dim: int, hidden: int, n_out: int | None = None) -> int:
     """MACs of one cell; ``n_out`` (ATS) applies to the cell's last layer, where ATS acts."""
-    layers = CELL_LAYERS[kind]
+    layers = CELL_SHARING[kind]
     return sum(layer_macs(n_tokens, dim, hidden, shared, n_out if i == len(layers) - 1 else None)
                for i, shared in enumerate(layers))
 
 
 def cell_params(kind: str, dim: int, hidden: int, qkv_bias: bool = True) -> int:
-    return sum(layer_params(dim, hidden, shared, qkv_bias) for shared in CELL_LAYERS[kind])
+    return sum(layer_params(dim, hidden, shared, qkv_bias) for shared in CELL_SHARING[kind])
 
 
 def stage_cost(st: Stage, n_tokens: int, qkv_bias: bool, stage: int = 0) -> tuple[int, int]:
@@ -274,7 +274,7 @@ def ats_macs_bounds(arch: Arch, static_macs: int | None = None) -> tuple[int, in
     layers = []
     for g, (s, _, kind) in enumerate(arch.cells()):
         if in_ats[s]:
-            st, shared_flags = arch.stages[s], CELL_LAYERS[kind]
+            st, shared_flags = arch.stages[s], CELL_SHARING[kind]
             layers += [(st.dim, st.hidden, shared, g in blocks and i == len(shared_flags) - 1)
                        for i, shared in enumerate(shared_flags)]
     lo, hi = ats_layers_bounds(tokens[in_ats.index(True)], layers, arch.ats.keep, arch.ats.k)
