@@ -14,7 +14,8 @@ import yaml
 from nas.space import load_arch
 
 from nas.arch import Arch, Pooling, ProgressiveTokenizer, Stage
-from nas.cost import Cost, cost, layer_macs, layer_params, stage_tokens
+from nas.cost import Cost, cost, layer_macs, layer_params
+from nas.shapes import stage_tokens
 from nas.errors import NasError
 from nas.models import build_model, get_arch
 from nas.models.layers import Block

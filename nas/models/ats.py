@@ -7,7 +7,8 @@ patch tokens drawn by inverse-transform sampling over the cls-attention signific
   (which tokens), ``kept_indices`` (padded index rows and the new token mask);
 - ``ats_block``: the ATS forward of one block, for ``nas.models.layers.Block`` and for timm's
   ``vision_transformer.Block``; ``masked_block``: the plain forward of either on a padded batch;
-- ``block_macs`` / ``ats_block_macs`` / ``ats_macs_bounds``: executed MACs per image (fvcore convention);
+- executed MACs per image (fvcore convention) come from ``nas.cost.layer_macs``, the bounds from
+  ``nas.cost.ats_layers_bounds``;
 - ``apply_ats``: turns a constructed timm ``VisionTransformer`` into its ATS version (``ATSViT``), sharing
   its weights, recording per-image MACs in ``last_macs`` on every forward (the ``nas.measure`` protocol).
 
@@ -23,6 +24,13 @@ Decisions where the paper is loose (each is also stated where it is implemented)
 - Kept tokens stay in their original order (cls first); padded rows go last and are exactly zero.
 - ``N_in`` in the budget rule K = max(round(rho * N_in), 8), capped at N_in, counts the real *patch* tokens
   entering the block (cls excluded); ``round`` is Python's (half to even).
+- A fixed ``k`` is the number of quantiles drawn, whatever N_in is (``nas.shapes.ats_budget``): the ATS
+  authors' released DeiT-S model (NUM_TOKENS = 197, cls included) draws 196 in every ATS block, also after
+  earlier blocks dropped tokens: ``k=196`` here. Quantiles that land on the same token merge, so
+  K' <= min(k, N_in). (Their quantiles are evenly spaced from the smallest CDF value to 1 on a min-max
+  normalised CDF; ours are (2i-1)/(2K) on the true CDF, as the paper writes.)
+- ``apply_ats`` refuses hybrid ViTs (a CNN backbone before the patch projection, timm's ``HybridEmbed``):
+  the MACs it records per image would leave the backbone out.
 """
 from __future__ import annotations
 
@@ -31,49 +39,33 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
-from timm.layers import Mlp
+from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from nas.cost import layer_macs
+from nas.cost import ats_layers_bounds, layer_macs
 from nas.errors import NasError
 from nas.models.layers import Block
+from nas.shapes import ats_budget, check_ats_budget
 
 __all__ = [
-    "token_budget", "budget", "significance", "inverse_transform_sample", "kept_indices", "ATSOut", "ats_block",
-    "masked_block", "block_macs", "ats_block_macs", "ats_macs_bounds", "ATSViT", "apply_ats",
+    "token_budget", "significance", "inverse_transform_sample", "kept_indices", "ATSOut", "ats_block",
+    "masked_block", "ATSViT", "apply_ats",
 ]
-
-MIN_TOKENS = 8  # the paper's floor on K_n in the multi-stage rule
 
 
 # --- the budget K ----------------------------------------------------------------------------------------
-def _check_budget(keep: float | None, k: int | None) -> None:
-    if (keep is None) == (k is None):
-        raise NasError(f"ATS needs exactly one of keep (ratio) and k (token count); got keep={keep!r}, k={k!r}")
-    if keep is not None and not (isinstance(keep, (int, float)) and not isinstance(keep, bool) and 0 < keep <= 1):
-        raise NasError(f"ATS keep must be a ratio in (0, 1]; got {keep!r}")
-    if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-        raise NasError(f"ATS k must be an integer >= 1 (patch tokens kept at most); got {k!r}")
-
-
-def budget(n_patches: int, keep: float | None = None, k: int | None = None) -> int:
-    """K for one image with ``n_patches`` real patch tokens entering: min(k, N) or min(max(round(rho N), 8), N)."""
-    _check_budget(keep, k)
-    if k is not None:
-        return min(k, n_patches)
-    return min(max(round(n_patches * keep), MIN_TOKENS), n_patches)
-
-
 def token_budget(n_patches: torch.Tensor, keep: float | None = None, k: int | None = None) -> torch.Tensor:
-    """Tensor version of ``budget``: (B,) real patch tokens per image -> (B,) long K per image."""
-    _check_budget(keep, k)
+    """K per image, ``nas.shapes.ats_budget`` applied to (B,) real patch tokens per image -> (B,) long."""
+    check_ats_budget(keep, k)
     n_patches = n_patches.long()
     if k is not None:
-        return n_patches.clamp(max=k)
-    # float64 product then round-half-even: the same numbers as Python's round(n * keep) in ``budget``
-    return torch.minimum(torch.round(n_patches.double() * keep).long().clamp(min=MIN_TOKENS), n_patches)
+        return torch.full_like(n_patches, k)
+    if n_patches.numel() == 0:
+        return n_patches.clone()
+    table = [ats_budget(n, keep) for n in range(int(n_patches.max()) + 1)]
+    return torch.tensor(table, dtype=torch.long, device=n_patches.device)[n_patches]
 
 
 # --- scoring and sampling --------------------------------------------------------------------------------
@@ -243,49 +235,6 @@ def masked_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = 
     return x * mask[..., None]
 
 
-# --- executed MACs (fvcore convention: matmul/linear/conv only) ------------------------------------------
-def block_macs(n, dim: int, hidden: int, shared: bool = False):
-    """One plain pre-norm block on n tokens (int or tensor): qkv, QK^T, AV, proj, MLP (``nas.cost.layer_macs``).
-
-    A sharing block (PSViT) computes neither Q, K nor QK^T.
-    """
-    return layer_macs(n, dim, hidden, shared)
-
-
-def ats_block_macs(n_in, n_out, dim: int, hidden: int, shared: bool = False):
-    """One ATS block, n_in tokens in and n_out out, cls included in both (int or tensor).
-
-    3 n_in C^2 + n_in^2 C + n_out n_in C + n_out C^2 + 2 n_out C hidden (methods.md section 2, item 8); with
-    n_out = n_in it equals ``block_macs``.
-    """
-    return layer_macs(n_in, dim, hidden, shared, n_out=n_out)
-
-
-def ats_macs_bounds(tokens: int, dim: int, hidden: int | Sequence[int], depth: int, blocks: Sequence[int],
-                    keep: float | None = None, k: int | None = None, extra: int = 0) -> tuple[int, int]:
-    """(macs_min, macs_max) of a uniform-width ViT with ATS in ``blocks``, ``tokens`` entering (cls included).
-
-    Worst case: every ATS block keeps its full K (computed from the worst-case tokens entering it); best
-    case: every ATS block keeps one patch token (K' = 1, the least inverse-transform sampling can keep).
-    ``extra`` adds the token-independent MACs (patch embedding, head).
-    """
-    _check_budget(keep, k)
-    hiddens = [hidden] * depth if isinstance(hidden, int) else list(hidden)
-    ats = set(blocks)
-    lo = hi = extra
-    n_lo = n_hi = tokens
-    for i in range(depth):
-        if i in ats:
-            out_hi, out_lo = 1 + budget(n_hi - 1, keep, k), min(2, n_lo)
-            hi += ats_block_macs(n_hi, out_hi, dim, hiddens[i])
-            lo += ats_block_macs(n_lo, out_lo, dim, hiddens[i])
-            n_hi, n_lo = out_hi, out_lo
-        else:
-            hi += block_macs(n_hi, dim, hiddens[i])
-            lo += block_macs(n_lo, dim, hiddens[i])
-    return lo, hi
-
-
 # --- a timm VisionTransformer with ATS ---------------------------------------------------------------------
 class ATSViT(nn.Module):
     """A timm ``VisionTransformer`` run with ATS in some blocks. Holds the ViT itself: weights are shared.
@@ -299,7 +248,7 @@ class ATSViT(nn.Module):
     def __init__(self, vit: VisionTransformer, blocks: Sequence[int], keep: float | None = None,
                  k: int | None = None) -> None:
         super().__init__()
-        _check_budget(keep, k)
+        check_ats_budget(keep, k)
         self.vit = vit
         self.ats_blocks = tuple(sorted(blocks))
         self.keep, self.k = keep, k
@@ -318,8 +267,9 @@ class ATSViT(nn.Module):
     def macs_bounds(self) -> tuple[int, int]:
         """Analytic (macs_min, macs_max) per image at the ViT's configured input size."""
         n = self.vit.patch_embed.num_patches
-        return ats_macs_bounds(n + 1, self.dim, self.hidden, len(self.vit.blocks), self.ats_blocks, self.keep,
-                               self.k, extra=self._fixed_macs(n))
+        layers = [(self.dim, h, False, i in self.ats_blocks) for i, h in enumerate(self.hidden)]
+        lo, hi = ats_layers_bounds(n + 1, layers, self.keep, self.k)
+        return lo + self._fixed_macs(n), hi + self._fixed_macs(n)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, H, W) -> (tokens (B, M, C) after the final norm, padded rows zero; mask (B, M))."""
@@ -335,12 +285,12 @@ class ATSViT(nn.Module):
             if i in self.ats_blocks:
                 x, mask, index = ats_block(blk, x, mask, keep=self.keep, k=self.k)
                 n_out = mask.sum(dim=1)
-                macs = macs + ats_block_macs(n, n_out, self.dim, self.hidden[i])
+                macs = macs + layer_macs(n, self.dim, self.hidden[i], n_out=n_out)
                 pos = pos.gather(1, index.clamp(min=0)).masked_fill(~mask, -1)  # (B, M) original positions
                 kept.append(pos)
                 n = n_out
             else:
-                macs = macs + block_macs(n, self.dim, self.hidden[i])
+                macs = macs + layer_macs(n, self.dim, self.hidden[i])
                 x = masked_block(blk, x, mask)
         x = vit.norm(x)
         if mask is None:
@@ -369,10 +319,10 @@ def apply_ats(model: VisionTransformer, blocks: Sequence[int], keep: float | Non
 
     Works without retraining (ATS has no parameters) and trains end to end. ``blocks`` are 0-based block
     indices; exactly one of ``keep`` (ratio rho, K = max(round(rho N_in), 8) capped at N_in) and ``k``
-    (K = min(k, N_in)). The paper's DeiT-S settings: blocks 3..11 with keep in {1, 0.87, 0.72}, or block 3
-    alone with k in {108, 78, 48}.
+    (K = k quantiles drawn, so at most min(k, N_in) tokens kept). The paper's DeiT-S settings: blocks 3..11
+    with keep in {1, 0.87, 0.72}, or block 3 alone with k in {108, 78, 48}.
     """
-    _check_budget(keep, k)
+    check_ats_budget(keep, k)
     if not isinstance(model, VisionTransformer):
         raise NasError(f"apply_ats needs a timm VisionTransformer; got {type(model).__name__}")
     if model.cls_token is None or model.num_prefix_tokens != 1:
@@ -381,8 +331,10 @@ def apply_ats(model: VisionTransformer, blocks: Sequence[int], keep: float | Non
                        f"class token {'present' if model.cls_token is not None else 'absent'}")
     if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
         raise NasError(f"ATS supports global_pool 'token' or 'avg'; got {model.global_pool!r}")
-    if not isinstance(model.patch_embed.proj, nn.Conv2d):
-        raise NasError(f"ATS counts MACs of a Conv2d patch embedding; got {type(model.patch_embed.proj).__name__}")
+    if type(model.patch_embed) is not PatchEmbed or not isinstance(model.patch_embed.proj, nn.Conv2d):
+        raise NasError("ATS records per-image MACs with the patch embedding counted as one Conv2d (timm's "
+                       f"PatchEmbed); got {type(model.patch_embed).__name__}: a hybrid ViT (a CNN backbone before "
+                       "the patch projection) is not supported, as its backbone's MACs would not be counted")
     depth = len(model.blocks)
     blocks = [b if isinstance(b, bool) or not hasattr(b, "__index__") else b.__index__() for b in blocks]  # numpy ints
     bad = [b for b in blocks if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b < depth]

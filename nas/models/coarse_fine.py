@@ -62,7 +62,6 @@ Decisions where the paper and spec are silent:
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -70,19 +69,19 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from torch import nn
 
-from nas.arch import Arch, CoarseFineTokenizer
-from nas.cost import Cost, head_cost, layer_macs, layer_params
+from nas.arch import Arch
+from nas.cost import coarse_fine_macs
 from nas.errors import NasError
 from nas.models.layers import Block
 from nas.models.vit import (
     SharedPair,
     build_stages,
-    check_arch,
     drop_path_rates,
     init_weights,
     run_cells,
     tokenizer_no_weight_decay,
 )
+from nas.shapes import REUSE_RATIO, check_arch, check_coarse_fine, num_regions
 
 __all__ = [
     "GCA_BETA",
@@ -92,108 +91,14 @@ __all__ = [
     "CoarseOut",
     "FeatureReuse",
     "WARMUP_FRACTION",
-    "coarse_fine_cost",
     "coarse_fine_loss",
-    "coarse_fine_macs",
-    "num_regions",
     "region_fine_index",
     "select_regions",
 ]
 
 GCA_START = 3      # first layer (0-based) of the global class attention (the paper's "4-th encoder")
 GCA_BETA = 0.99    # EMA decay of the global class attention (paper Eq. 9)
-REUSE_RATIO = 4    # hidden width of the feature-reuse MLP, in multiples of C
 WARMUP_FRACTION = 2 / 3  # share of training with all fine tokens (paper, Implementation Details: 200 of 300 epochs)
-
-
-# --- shapes and cost (no model built) --------------------------------------------------------------------
-def num_regions(coarse_grid: int, alpha: float) -> int:
-    """k = ceil(alpha * c^2) informative regions, within [0, c^2] (see the module docstring for the tolerance)."""
-    n = coarse_grid * coarse_grid
-    return min(max(math.ceil(alpha * n - 1e-9), 0), n)
-
-
-def fine_len(coarse_grid: int, k: int) -> int:
-    """Tokens of the fine sequence, cls included: 1 + 4k + (c^2 - k)."""
-    return 1 + 4 * k + coarse_grid * coarse_grid - k
-
-
-def check_coarse_fine(arch: Arch) -> CoarseFineTokenizer:
-    """The rules CF-ViT needs beyond a static ViT's; raises NasError naming the key at fault."""
-    tok = arch.tokenizer
-    if not isinstance(tok, CoarseFineTokenizer):
-        raise NasError(f"CF-ViT needs the coarse_fine tokenizer, got {tok.type!r}", key="tokenizer.type")
-    c, p = tok.coarse_grid, tok.patch_size
-    if c < 1 or p < 1:
-        raise NasError(f"coarse_grid and patch_size must be >= 1, got {c} and {p}", key="tokenizer.coarse_grid")
-    if 2 * c * p != arch.img_size:
-        raise NasError(f"coarse_grid {c} needs input size 2 * {c} * patch_size = {2 * c * p}, got {arch.img_size} "
-                       "(each coarse region splits into 2x2 patches)", key="tokenizer.coarse_grid")
-    if not 0 < tok.alpha <= 1:
-        raise NasError(f"alpha must be a number in (0.0, 1.0], got {tok.alpha}", key="tokenizer.alpha")
-    if tok.exit_threshold < 0:
-        raise NasError(f"exit_threshold must be >= 0, got {tok.exit_threshold}", key="tokenizer.exit_threshold")
-    if arch.pooling.type != "none":
-        raise NasError(f"coarse_fine needs pooling type none (its fine sequence is not a grid), got "
-                       f"{arch.pooling.type}", key="pooling.type")
-    if arch.head != "cls":
-        raise NasError(f"coarse_fine needs head cls (regions are chosen by class attention), got {arch.head}",
-                       key="head")
-    if arch.ats is not None:
-        raise NasError("ats cannot be combined with the coarse_fine tokenizer", key="ats")
-    if arch.num_classes < 1:
-        raise NasError(f"coarse_fine needs num_classes >= 1 (the exit rule reads the softmax), got "
-                       f"{arch.num_classes}", key="num_classes")
-    dims = [st.dim for st in arch.stages]
-    if len(set(dims)) > 1:
-        raise NasError(f"stages without token pooling between them must share one dim, got {dims}", key="stages")
-    if sum(st.num_layers for st in arch.stages) < 1:
-        raise NasError("coarse_fine needs at least one transformer layer (class attention picks the regions)",
-                       key="stages")
-    return tok
-
-
-def _encoder_macs(arch: Arch, n_tokens: int) -> int:
-    """MACs of all the arch's layers on ``n_tokens`` tokens."""
-    macs = 0
-    for st in arch.stages:
-        full = st.cells.count("basic") + st.cells.count("shared_pair")
-        macs += full * layer_macs(n_tokens, st.dim, st.hidden)
-        macs += st.cells.count("shared_pair") * layer_macs(n_tokens, st.dim, st.hidden, shared=True)
-    return macs
-
-
-def coarse_fine_macs(arch: Arch, k: int | None = None) -> tuple[int, int]:
-    """(coarse pass, fine pass) MACs of one image with ``k`` informative regions (default ceil(alpha c^2)).
-
-    coarse: c^2 patch convs + layers on 1 + c^2 tokens + head.
-    fine:   (2c)^2 patch convs + reuse MLP on c^2 tokens (2 c^2 C 4C) + layers on 1 + 4k + c^2 - k tokens + head.
-    """
-    tok = check_coarse_fine(arch)
-    c, C = tok.coarse_grid, arch.stages[0].dim
-    k = num_regions(c, tok.alpha) if k is None else k
-    conv = tok.patch_size ** 2 * arch.in_chans * C   # one patch embedding
-    head, _ = head_cost(arch)
-    coarse = c * c * conv + _encoder_macs(arch, 1 + c * c) + head
-    fine = 4 * c * c * conv + 2 * c * c * C * REUSE_RATIO * C + _encoder_macs(arch, fine_len(c, k)) + head
-    return coarse, fine
-
-
-def coarse_fine_cost(arch: Arch) -> Cost:
-    """Analytic cost: ``macs_min`` = coarse pass only, ``macs_max`` = coarse + fine (+ reuse MLP),
-    ``macs`` = ``macs_max``; params = every parameter of ``CoarseFineViT(arch)``."""
-    coarse, fine = coarse_fine_macs(arch)
-    tok, C = arch.tokenizer, arch.stages[0].dim
-    c, H = tok.coarse_grid, REUSE_RATIO * C
-    params = tok.patch_size ** 2 * arch.in_chans * C + C          # patch conv + bias
-    params += C + (1 + 4 * c * c) * C + (1 + c * c) * C            # cls, fine and coarse position tables
-    for st in arch.stages:
-        full, pairs = st.cells.count("basic") + st.cells.count("shared_pair"), st.cells.count("shared_pair")
-        params += full * layer_params(st.dim, st.hidden, False, arch.qkv_bias)
-        params += pairs * layer_params(st.dim, st.hidden, True, arch.qkv_bias)
-    params += 2 * C + C * H + H + H * C + C                         # reuse: LayerNorm + Mlp(C, 4C)
-    params += head_cost(arch)[1]
-    return Cost(macs=coarse + fine, params=params, macs_min=coarse, macs_max=coarse + fine)
 
 
 # --- region selection ------------------------------------------------------------------------------------

@@ -11,14 +11,17 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, use_fused_attn
 from torch import nn
 
+from nas.shapes import heads_error
+
 
 class Attention(nn.Module):
     """Multi-head self-attention. ``shared=True`` builds a layer that reuses an inherited map (V only)."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True, shared: bool = False) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        msg = heads_error(dim, heads)
+        if msg:
+            raise ValueError(msg)
         self.heads, self.shared = heads, shared
         self.scale = (dim // heads) ** -0.5
         if shared:

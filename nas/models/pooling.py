@@ -12,7 +12,7 @@ it) the cls token is carried through a Linear exactly as in 1d pooling.
 Decisions where the paper is silent: both variants keep their conv and cls Linear even when C_in == C_out
 (PSViT's 'Dimension1' keeps the width but still pools), so every pooling has the same parameters whatever the
 widths; an even 1d kernel gives one extra position before max pooling (padding kernel//2 on both sides).
-The output sizes are ``pooled_len_1d`` / ``pooled_side_2d``, which ``nas.cost`` uses too.
+The output sizes are ``nas.shapes.pooled_len_1d`` / ``pooled_side_2d``, which ``nas.cost`` counts with too.
 """
 from __future__ import annotations
 
@@ -23,31 +23,9 @@ from torch import nn
 
 from nas.arch import Pooling
 from nas.errors import NasError
+from nas.shapes import check_kernel, check_pooling, pooled_len_1d, pooled_side_2d
 
-
-def _check_kernel(kernel: int) -> None:
-    if kernel < 1:
-        raise NasError(f"token pooling kernel must be at least 1, got {kernel}", key="pooling.kernel")
-
-
-def pooled_len_1d(n_patch: int, kernel: int) -> int:
-    """Patch tokens after Conv1d(kernel, padding kernel//2) and MaxPool1d(2, 2, ceil_mode=True)."""
-    _check_kernel(kernel)
-    conv_len = n_patch + 2 * (kernel // 2) - kernel + 1
-    if conv_len < 1:
-        raise NasError(f"1d token pooling: {n_patch} patch tokens is fewer than the kernel {kernel}",
-                       key="pooling.kernel")
-    return -(-conv_len // 2)  # ceil(conv_len / 2)
-
-
-def pooled_side_2d(side: int, kernel: int) -> int:
-    """Grid side after Conv2d(kernel, stride 2, padding (kernel-1)//2)."""
-    _check_kernel(kernel)
-    out = (side + 2 * ((kernel - 1) // 2) - kernel) // 2 + 1
-    if out < 1:
-        raise NasError(f"2d token pooling: a {side}x{side} token grid is smaller than the kernel {kernel}",
-                       key="pooling.kernel")
-    return out
+__all__ = ["TokenPool1d", "TokenPool2d", "build_pooling"]
 
 
 class TokenPool1d(nn.Module):
@@ -87,16 +65,12 @@ class TokenPool2d(nn.Module):
 
 def build_pooling(pooling: Pooling, dim_in: int, dim_out: int, cls_token: bool) -> nn.Module:
     """The pooling module between two stages; ``nn.Identity`` for ``none`` (then dims must be equal)."""
+    check_pooling(pooling.type, dim_in, dim_out)
     if pooling.type == "none":
-        if dim_in != dim_out:
-            raise NasError(f"stages of widths {dim_in} and {dim_out} need token pooling between them "
-                           "(pooling.type 1d or 2d) to change the width; got 'none'", key="pooling.type")
         return nn.Identity()
-    _check_kernel(pooling.kernel)
+    check_kernel(pooling.kernel)
     if pooling.type == "1d":
         if not cls_token:
             raise NasError("1d token pooling needs the cls token", key="pooling.type")
         return TokenPool1d(dim_in, dim_out, pooling.kernel)
-    if pooling.type == "2d":
-        return TokenPool2d(dim_in, dim_out, pooling.kernel, cls_token)
-    raise NasError(f"unknown pooling type {pooling.type!r}; allowed: none, 1d, 2d", key="pooling.type")
+    return TokenPool2d(dim_in, dim_out, pooling.kernel, cls_token)

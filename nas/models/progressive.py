@@ -1,4 +1,6 @@
-"""PS-ViT progressive sampling tokenizer (paper 000/001; methods.md section 1) and its exact analytic cost.
+"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1).
+
+Its cost is ``nas.cost.progressive_cost``.
 
 A ResNet stem turns the image into a stride-4 feature map F (B, C, H, W). Then ``iterations`` rounds of:
 sample n*n tokens of F bilinearly at the points p_t, add a position embedding of the (detached) points and
@@ -9,9 +11,10 @@ Decisions where the brief or the paper are silent (or disagree with the authors'
 
 - Stem widths. The paper takes "the first two residual blocks of ResNet-50's first stage", whose output width
   is 256; the authors' published models use 64 -> 256 -> C for PS-ViT-B (C = 384) and 64 -> 192 -> 192 for
-  PS-ViT-Ti (C = 192). Both are ``min(C, 256)`` for the first block's output width: ``STAGE1_WIDTH``. With
-  the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and 2.86G MACs for B/10 (published 21.34M,
-  3.11G: -8%); with the authors' widths every published figure is met (see spaces/reference/ps_vit_*.yaml).
+  PS-ViT-Ti (C = 192). Both are ``min(C, 256)`` for the first block's output width
+  (``nas.shapes.stem_widths``). With the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and
+  2.86G MACs for B/10 (published 21.34M, 3.11G: -8%); with the authors' widths every published figure is met
+  (see spaces/reference/ps_vit_*.yaml).
 - The bottleneck is written here: timm's and torchvision's ``Bottleneck`` derive the output width as
   4 x planes and the inner width by a floor formula, which cannot express 64 -> 64 -> 192 exactly.
 - MACs of the bilinear sampling (``grid_sample``) are counted as 0. It is neither a matmul nor a conv (the
@@ -26,7 +29,7 @@ Decisions where the brief or the paper are silent (or disagree with the authors'
   an n x n grid. The authors' code orders y fastest; with no absolute position table the output of the model
   does not depend on the order.
 - The initial points are computed from the actual feature map size at every forward (pixel i centred at i,
-  cell size H/n), so any input size works; ``progressive_cost`` uses ``arch.img_size``.
+  cell size H/n), so any input size works; ``nas.cost.progressive_cost`` uses ``arch.img_size``.
 - The cls token is prepended only when ``arch.has_cls_token`` (2d pooling with a gap head has none).
 - Sampling points, offsets added to them and the grid_sample grid stay in float32 (float64 for a float64
   feature map) whatever the feature dtype: in bfloat16 a point near pixel 54 of a 56-pixel map moves by 0.1 px.
@@ -44,29 +47,10 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from nas.arch import Arch, ProgressiveTokenizer
+from nas.arch import Arch
 from nas.errors import NasError
 from nas.models.layers import Block
-
-STEM_WIDTH = 64
-"""Channels of the 7x7 stem conv and inner width of both bottlenecks (ResNet-50's first stage)."""
-STAGE1_WIDTH = 256
-"""Output width of ResNet-50's first-stage blocks; the first bottleneck outputs ``min(C, STAGE1_WIDTH)``."""
-
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def feature_size(img_size: int) -> int:
-    """Side of the stem's feature map: conv 7x7/2 (pad 3) then maxpool 3x3/2 (pad 1); 224 -> 56, 32 -> 8."""
-    return _conv_out(_conv_out(img_size, 7, 2, 3), 3, 2, 1)
-
-
-def stem_widths(dim: int) -> tuple[int, int]:
-    """Output widths of the two bottlenecks: (min(C, 256), C) as in the authors' PS-ViT-Ti and PS-ViT-B."""
-    return min(dim, STAGE1_WIDTH), dim
-
+from nas.shapes import STEM_WIDTH, check_progressive, progressive_modules, stem_widths
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck, stride 1: 1x1 in->mid, 3x3 mid->mid, 1x1 mid->out, each with BN; ReLU after the add.
@@ -139,28 +123,6 @@ def bilinear_sample(feat: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return out[:, :, 0].transpose(1, 2).to(feat.dtype)                      # (B, C, 1, P) -> (B, P, C)
 
 
-def _tokenizer(arch: Arch) -> ProgressiveTokenizer:
-    """The arch's progressive tokenizer, checked; raises NasError on values no model can have."""
-    tok = arch.tokenizer
-    if not isinstance(tok, ProgressiveTokenizer):
-        raise NasError(f"expected a progressive tokenizer, got type {tok.type!r}", key="tokenizer.type")
-    if tok.points < 1:
-        raise NasError(f"points must be >= 1, got {tok.points}", key="tokenizer.points")
-    if tok.iterations < 1:
-        raise NasError(f"iterations must be >= 1, got {tok.iterations}", key="tokenizer.iterations")
-    if not arch.stages:
-        raise NasError("the progressive tokenizer takes its width from stage 0; the arch has no stage",
-                       key="stages")
-    st = arch.stages[0]
-    if st.dim < 1 or st.heads < 1 or st.dim % st.heads:
-        raise NasError(f"dim {st.dim} must be a positive multiple of heads {st.heads}", key="stages[0].heads")
-    if st.hidden < 1:
-        raise NasError(f"mlp_ratio {st.mlp_ratio} gives an empty MLP at dim {st.dim}", key="stages[0].mlp_ratio")
-    if arch.img_size < 1 or arch.in_chans < 1:
-        raise NasError(f"input size {arch.img_size} and channels {arch.in_chans} must be >= 1", key="input")
-    return tok
-
-
 class ProgressiveSampling(nn.Module):
     """PS-ViT tokenizer: img (B, in_chans, H, W) -> tokens (B, 1 + n*n, C), cls first.
 
@@ -172,14 +134,13 @@ class ProgressiveSampling(nn.Module):
 
     def __init__(self, arch: Arch, drop_path: list[float] | None = None) -> None:
         super().__init__()
-        tok = _tokenizer(arch)
+        tok = check_progressive(arch)
         st = arch.stages[0]
         self.points, self.iterations, self.share_weights = tok.points, tok.iterations, tok.share_weights
         self.in_chans, self.dim = arch.in_chans, st.dim
         self.stem = make_stem(arch.in_chans, st.dim)
         self.pos = nn.Linear(2, st.dim)
-        n_layers = 1 if tok.share_weights else tok.iterations
-        n_heads = min(n_layers, tok.iterations - 1)  # no offset head after the last round
+        n_heads = progressive_modules(tok)[1]  # layers: one per rate below (one when share_weights)
         rates = list(drop_path) if drop_path else [0.0] * tok.iterations  # one per round
         if tok.share_weights:
             rates = [sum(rates) / len(rates)]
@@ -236,44 +197,3 @@ class ProgressiveSampling(nn.Module):
         if self.cls_token is None:
             return tokens
         return torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)  # (B, 1 + P, C)
-
-
-# --- analytic cost --------------------------------------------------------------------------------------
-def _bottleneck_cost(in_chs: int, mid: int, out: int, pixels: int) -> tuple[int, int]:
-    weights = in_chs * mid + 9 * mid * mid + mid * out + (in_chs * out if in_chs != out else 0)
-    bn = 2 * (2 * mid + out + (out if in_chs != out else 0))
-    return pixels * weights, weights + bn
-
-
-def _block_cost(tokens: int, dim: int, hidden: int, qkv_bias: bool) -> tuple[int, int]:
-    """One pre-norm Block: qkv, QK^T, AV, proj, MLP. Returns (MACs, params)."""
-    macs = tokens * (4 * dim * dim + 2 * dim * hidden) + 2 * tokens * tokens * dim
-    params = (3 * dim * dim + (3 * dim if qkv_bias else 0) + dim * dim + dim   # qkv, proj
-              + 2 * dim * hidden + hidden + dim + 4 * dim)                     # mlp, two LayerNorms
-    return macs, params
-
-
-def progressive_cost(arch: Arch) -> tuple[int, int]:
-    """Exact (MACs, params) of ``ProgressiveSampling(arch)`` at ``arch.img_size``, without building it.
-
-    MACs count conv, linear and attention matmuls only (bilinear sampling, norms, pooling: 0); params are
-    every parameter of the module (BatchNorm affine included, running statistics not).
-    """
-    tok = _tokenizer(arch)
-    st = arch.stages[0]
-    C, P, N = st.dim, tok.points ** 2, tok.iterations
-    half, side = _conv_out(arch.img_size, 7, 2, 3), feature_size(arch.img_size)
-    w1, w2 = stem_widths(C)
-    conv1 = 49 * arch.in_chans * STEM_WIDTH
-    b1 = _bottleneck_cost(STEM_WIDTH, STEM_WIDTH, w1, side * side)
-    b2 = _bottleneck_cost(w1, STEM_WIDTH, w2, side * side)
-    macs = half * half * conv1 + b1[0] + b2[0]
-    params = conv1 + 2 * STEM_WIDTH + b1[1] + b2[1]
-    layer_macs, layer_params = _block_cost(P, C, st.hidden, arch.qkv_bias)
-    n_layers = 1 if tok.share_weights else N
-    n_heads = min(n_layers, N - 1)
-    macs += N * layer_macs + N * P * 2 * C + (N - 1) * P * C * 2   # layers, position Linear, offset heads
-    params += n_layers * layer_params + 3 * C + n_heads * (2 * C + 2)
-    if arch.has_cls_token:
-        params += C
-    return macs, params

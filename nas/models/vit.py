@@ -30,9 +30,11 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 
 from nas.arch import CELL_KINDS, CELL_LAYERS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer
+from nas.cost import ats_fixed_macs, cost, layer_macs
 from nas.errors import NasError
 from nas.models.layers import Block
 from nas.models.pooling import build_pooling
+from nas.shapes import ats_stage, check_arch
 
 
 def drop_path_rates(arch: Arch, drop_path: float) -> tuple[list[float], list[list[tuple[float, ...]]]]:
@@ -139,31 +141,6 @@ def build_tokenizer(arch: Arch, drop_path: list[float] | None = None) -> nn.Modu
     raise NasError(f"unknown tokenizer {tok!r}; allowed: patch, progressive, coarse_fine", key="tokenizer.type")
 
 
-def check_arch(arch: Arch) -> None:
-    """The structural rules a model needs; raises NasError naming the key at fault."""
-    if not arch.stages:
-        raise NasError("an arch needs at least one stage", key="stages")
-    if arch.head not in ("cls", "gap"):
-        raise NasError(f"unknown head {arch.head!r}; allowed: cls, gap", key="head")
-    if arch.num_classes < 0:
-        raise NasError(f"num_classes must be >= 0, got {arch.num_classes}", key="num_classes")
-    for s, st in enumerate(arch.stages):
-        if st.dim < 1 or st.heads < 1 or st.dim % st.heads:
-            raise NasError(f"dim {st.dim} must be a positive multiple of heads {st.heads}", key=f"stages[{s}].heads")
-        if st.hidden < 1:
-            raise NasError(f"mlp_ratio {st.mlp_ratio} gives an empty MLP at dim {st.dim}",
-                           key=f"stages[{s}].mlp_ratio")
-        for c, kind in enumerate(st.cells):
-            if kind not in CELL_KINDS:
-                raise NasError(f"unknown cell kind {kind!r}; allowed: {', '.join(CELL_KINDS)}",
-                               key=f"stages[{s}].cells[{c}]")
-    if isinstance(arch.tokenizer, PatchTokenizer):
-        p = arch.tokenizer.patch_size
-        if p < 1 or arch.img_size % p:
-            raise NasError(f"input size {arch.img_size} is not a multiple of patch_size {p}",
-                           key="tokenizer.patch_size")
-
-
 def build_stages(arch: Arch, drop_path: list[list[tuple[float, ...]]]) -> nn.ModuleList:
     """``model.stages``: one ViTStage of cells per stage; ``drop_path`` as ``drop_path_rates``' second item."""
     return nn.ModuleList(
@@ -200,7 +177,6 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, arch.num_classes) if arch.num_classes > 0 else nn.Identity()
         for m in (self.stages, self.poolings, self.head):
             m.apply(init_weights)
-        from nas.cost import ats_fixed_macs, cost
         self.macs = cost(arch).macs  # per image; for ATS the worst case
         if arch.ats is not None:      # the part ATS cannot change; the rest is counted per image in forward
             self.fixed_macs = ats_fixed_macs(arch)
@@ -229,8 +205,7 @@ class VisionTransformer(nn.Module):
 
     def _forward_ats(self, x: torch.Tensor) -> torch.Tensor:
         """The stages with ATS in the cells ``arch.ats.blocks`` (their last layer samples tokens)."""
-        from nas.cost import ats_stage, layer_macs
-        from nas.models.ats import ats_block
+        from nas.models.ats import ats_block  # looked up at call time: ATS is an optional mechanism
 
         a = self.arch.ats
         B, N, _ = x.shape
@@ -240,7 +215,7 @@ class VisionTransformer(nn.Module):
         for s, (stage, st) in enumerate(zip(self.stages, self.arch.stages)):
             d, h = st.dim, st.hidden
             first, cells = first + len(stage.cells), enumerate(stage.cells, start=first)  # global cell index
-            if not ats_stage(self.arch, s):  # before the last pooling: static, counted in fixed_macs
+            if not ats_stage(self.arch.pooling.type, s, len(self.stages)):  # before the last pooling: static
                 x, cells = run_cells(stage.cells, x), ()
             for g, cell in cells:
                 if isinstance(cell, nn.Identity):
@@ -280,21 +255,3 @@ class VisionTransformer(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(img))
-
-
-def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: float | None = None) -> nn.Module:
-    """Build the static model of an Arch, or of a registered arch name (``nas.models.zoo.list_archs()``).
-
-    Training options (neither changes the weights nor an eval-mode forward): ``drop_path``, the stochastic depth
-    of the last layer (linear over depth); ``coarse_fine_warmup``, the share of training a CF-ViT trains its
-    fine pass on all fine tokens (None: the paper's, ``nas.models.coarse_fine.WARMUP_FRACTION``).
-    """
-    if isinstance(arch, str):
-        from nas.models.zoo import get_arch
-        arch = get_arch(arch)
-    # The data-dependent models dispatch here, one line each.
-    if isinstance(arch.tokenizer, CoarseFineTokenizer):
-        from nas.models.coarse_fine import WARMUP_FRACTION, CoarseFineViT  # lazy: CF-ViT, paper 004
-        warmup = WARMUP_FRACTION if coarse_fine_warmup is None else coarse_fine_warmup
-        return CoarseFineViT(arch, drop_path=drop_path, warmup_fraction=warmup)
-    return VisionTransformer(arch, drop_path=drop_path)

@@ -18,6 +18,7 @@ import yaml
 from nas.arch import ARCH_FORMAT, CELL_KINDS, CHANNELS
 from nas.errors import NasError
 from nas.limits import MAX_CELLS, MAX_VALUES, name_problem
+from nas.shapes import heads_error, pooled_side_2d
 from nas.space.yamlnodes import Node
 
 REQUIRED = object()
@@ -446,27 +447,6 @@ def _at(root: Node, path: str) -> Node:
     return node
 
 
-def token_counts(t: dict[str, Any]) -> list[set[int]]:
-    """Per stage, the set of reachable static token counts (cls included when there is one)."""
-    size, tok, pool = t["input"]["size"], t["tokenizer"], t["pooling"]["type"]
-    cls = 0 if pool == "2d" else 1
-    if tok["type"] == "patch":
-        grids = {size // tok["patch_size"]}
-    elif tok["type"] == "progressive":
-        grids = set(options(tok["points"]))
-    else:
-        grids = {2 * g for g in options(tok["coarse_grid"])}  # the fine grid; coarse is half per side
-    out, patches = [], {g * g for g in grids}
-    for s in range(len(t["stages"])):
-        if s and pool == "1d":
-            patches = {math.ceil(p / 2) for p in patches}
-        elif s and pool == "2d":
-            grids = {g // 2 for g in grids}
-            patches = {g * g for g in grids}
-        out.append({p + cls for p in patches})
-    return out
-
-
 def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
     """Cross-field rules. Each error names the key at fault and what would be allowed."""
     size, tok, pool, stages = t["input"]["size"], t["tokenizer"], t["pooling"], t["stages"]
@@ -477,9 +457,10 @@ def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
     for s, st in enumerate(stages):
         for d in options(st["dim"]):
             for h in options(st["heads"]):
-                if d % h:
-                    fail(f"stages[{s}].heads", f"dim {d} is not divisible by heads {h}; every dim choice of "
-                         f"a stage must be divisible by every heads choice")
+                msg = heads_error(d, h)
+                if msg:
+                    fail(f"stages[{s}].heads", f"{msg}; every dim choice of a stage must be divisible by every "
+                         f"heads choice")
             for r in options(st["mlp_ratio"]):
                 if int(d * r) < 1:
                     fail(f"stages[{s}].mlp_ratio", f"mlp_ratio {r} gives an empty MLP for dim {d}")
@@ -510,12 +491,16 @@ def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
             fail("pooling.type", f"2d pooling needs the patch tokenizer (a token grid), got {tok['type']}")
         if t["head"] != "gap":
             fail("head", "2d pooling drops the cls token: head must be gap")
-        grid = size // tok["patch_size"]
+        grids = {size // tok["patch_size"]}
         for s in range(1, len(stages)):
-            if grid % 2:
-                fail("pooling.type", f"2d pooling before stage {s} needs an even token grid, got {grid}x{grid} "
-                     f"(input {size} / patch {tok['patch_size']} halved {s - 1} times)")
-            grid //= 2
+            for grid in sorted(grids):
+                if grid % 2:
+                    fail("pooling.type", f"2d pooling before stage {s} needs an even token grid, got {grid}x{grid} "
+                         f"(input {size} / patch {tok['patch_size']} halved {s - 1} times)")
+            try:
+                grids = {pooled_side_2d(g, k) for g in grids for k in options(pool["kernel"])}
+            except NasError as e:
+                fail("pooling.kernel", e.message)
     if t["ats"] is not None:
         _check_ats(t, fail, ats_node)
 
@@ -528,7 +513,6 @@ def _check_ats(t: dict[str, Any], fail: Callable[[str, str], None], node: Node |
         fail("ats", "ats needs a cls token; 2d pooling has none")
     cells = [(s, c, kind) for s, st in enumerate(stages) for c, kind in enumerate(st["cells"])]
     blocks = a["blocks"].items if isinstance(a["blocks"], Subset) else a["blocks"]
-    tokens = token_counts(t)
     for b in blocks:
         if b >= len(cells):
             fail("ats.blocks", f"block {b} does not exist: the space has {len(cells)} cells (0..{len(cells) - 1})")
@@ -540,8 +524,3 @@ def _check_ats(t: dict[str, Any], fail: Callable[[str, str], None], node: Node |
             fail("ats.blocks", f"block {b} is in stage {s}, before a token pooling; ATS blocks must be in the "
                  f"last stage (stage {len(stages) - 1}, cells {sum(len(st['cells']) for st in stages[:-1])}.."
                  f"{len(cells) - 1})")
-        if "k" in a:
-            n_min = min(tokens[s]) - 1
-            for k in options(a["k"]):
-                if k > n_min:
-                    fail("ats.k", f"k {k} is above the {n_min} patch tokens of block {b}; allowed: 1..{n_min}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from nas.arch import Arch
+from nas.space.bounds import extremes
 from nas.space.schema import Choice, Subset
 
 
@@ -62,6 +63,7 @@ class SearchSpace:
         self.name: str = template["name"]
         self.budget: dict[str, int] = dict(template.get("budget", {}))
         self.dims: tuple[Dimension, ...] = tuple(self._dimensions())
+        self._extremes: dict[str, tuple[int, list[int]]] | None = None
         body = {k: v for k, v in _jsonable(template).items() if k not in ("name", "budget")}
         self.hash = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -178,27 +180,20 @@ class SearchSpace:
         return self.decode([x if rng.random() < 0.5 else y for x, y in zip(self.encode(a), self.encode(b))])
 
     # --- cost bounds ---------------------------------------------------------------------------------
+    def _extreme_vectors(self) -> dict[str, tuple[int, list[int]]]:
+        if self._extremes is None:
+            first, i = {}, 0
+            for leaf in _walk(self._t):
+                first[id(leaf)] = i
+                i += 1 if isinstance(leaf, Choice) else len(leaf.items)
+            self._extremes = extremes(self._t, first, len(self.dims))
+        return self._extremes
+
     def cost_bounds(self) -> dict[str, int]:
-        """Exact min/max of MACs and params over the space, without enumerating it.
+        """Exact ``min_macs``, ``max_macs``, ``min_params``, ``max_params`` over the space, without enumerating
+        it (``nas.space.bounds``). MACs are ``Cost.macs``: the worst case of data-dependent archs."""
+        return {name: value for name, (value, _) in self._extreme_vectors().items()}
 
-        Every term of the cost model is monotone in each dimension whatever the other dimensions are
-        (wider, deeper, more tokens, more points cost more; ATS in more blocks or at a lower keep costs
-        less), so each dimension's extreme value can be found alone and the extremes combined. MACs here
-        are ``Cost.macs`` (the worst case for data-dependent archs). A test checks this against brute force.
-        """
-        from nas.cost import cost
-
-        base = [0] * len(self.dims)
-        out: dict[str, int] = {}
-        for field in ("macs", "params"):
-            for name, pick in (("min", min), ("max", max)):
-                vec = list(base)
-                for i, d in enumerate(self.dims):
-                    trial = []
-                    for j in range(len(d.values)):
-                        vec2 = list(base)
-                        vec2[i] = j
-                        trial.append((getattr(cost(self.decode(vec2)), field), j))
-                    vec[i] = pick(trial)[1]
-                out[f"{name}_{field}"] = getattr(cost(self.decode(vec)), field)
-        return out
+    def extreme_archs(self) -> dict[str, Arch]:
+        """An arch of the space attaining each bound of ``cost_bounds()``, under the same keys."""
+        return {name: self.decode(vector) for name, (_, vector) in self._extreme_vectors().items()}

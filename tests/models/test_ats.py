@@ -8,12 +8,14 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
+from nas.cost import ats_layers_bounds, layer_macs
 from nas.errors import NasError
 from nas.models.ats import (
-    apply_ats, ats_block, ats_block_macs, ats_macs_bounds, block_macs, budget, inverse_transform_sample,
-    kept_indices, masked_block, significance, token_budget,
+    apply_ats, ats_block, inverse_transform_sample, kept_indices, masked_block, significance, token_budget,
 )
 from nas.models.layers import Block
+from nas.shapes import ats_budget as budget
+from nas.shapes import ats_max_kept
 
 P = 64  # patch tokens of the tiny ViT: 32x32 images, 4x4 patches
 
@@ -70,11 +72,13 @@ def reference_inverse_cdf(scores: list[float], k: int) -> set[int]:
 def test_budget_rule_and_errors():
     assert budget(196, keep=0.72) == 141 and budget(196, keep=0.87) == 171 and budget(196, keep=1.0) == 196
     assert budget(10, keep=0.5) == 8 and budget(5, keep=0.5) == 5      # floor of 8, capped at N_in
-    assert budget(196, k=108) == 108 and budget(50, k=108) == 50
+    # k is the number of quantiles drawn whatever N_in is (the ATS authors' fixed 196); kept <= min(k, N_in)
+    assert budget(196, k=108) == 108 and budget(50, k=108) == 108 and budget(50, k=197) == 197
+    assert ats_max_kept(50, k=197) == 50 and ats_max_kept(196, k=108) == 108 and ats_max_kept(5, keep=0.5) == 5
     n = torch.arange(0, 300)
     for keep in (0.72, 0.87, 0.5, 1.0, 0.1):
         assert token_budget(n, keep=keep).tolist() == [budget(int(i), keep=keep) for i in n]
-    assert token_budget(n, k=48).tolist() == [min(48, int(i)) for i in n]
+    assert token_budget(n, k=48).tolist() == [48] * len(n)
     for bad in (dict(), dict(keep=0.5, k=3), dict(keep=0.0), dict(keep=1.5), dict(k=0), dict(k=2.5)):
         with pytest.raises(NasError):
             budget(10, **bad)
@@ -274,18 +278,18 @@ def test_masked_timm_block_on_padding(fused):
 # --- MACs -------------------------------------------------------------------------------------------------
 def test_block_formulas():
     for n in (1, 5, 65, 197):
-        assert ats_block_macs(n, n, 384, 1536) == block_macs(n, 384, 1536)
-    # the brief's form of the ATS block cost
+        assert layer_macs(n, 384, 1536, n_out=n) == layer_macs(n, 384, 1536)
+    # the paper's form of the ATS block cost
     n, kk, C, H = 197, 109, 384, 1536
-    assert ats_block_macs(n, kk, C, H) == 3 * n * C * C + n * n * C + kk * n * C + kk * C * C + 2 * kk * C * H
+    assert layer_macs(n, C, H, n_out=kk) == 3 * n * C * C + n * n * C + kk * n * C + kk * C * C + 2 * kk * C * H
     # sharing block: V, AV, proj, MLP only
-    assert block_macs(10, 8, 32, shared=True) == 10 * 64 + 100 * 8 + 10 * 64 + 2 * 10 * 8 * 32
+    assert layer_macs(10, 8, 32, shared=True) == 10 * 64 + 100 * 8 + 10 * 64 + 2 * 10 * 8 * 32
 
 
 def test_plain_formula_matches_flop_counter():
     m = tiny_vit(fused=False)
     fixed = m.patch_embed.proj.weight.numel() * P + m.head.weight.numel()
-    assert flop_macs(m, images(1)) == fixed + 4 * block_macs(P + 1, 32, 128)
+    assert flop_macs(m, images(1)) == fixed + 4 * layer_macs(P + 1, 32, 128)
 
 
 @pytest.mark.parametrize("blocks,kw", [([1, 2, 3], dict(keep=0.72)), ([1], dict(k=20)), ([0, 2], dict(keep=0.3))])
@@ -305,21 +309,28 @@ def test_recorded_macs_equal_flop_counter_alone(blocks, kw):
 
 def test_deit_s_bounds_match_published_figures():
     fixed = 768 * 384 * 196 + 384 * 1000                    # patch embedding + head
-    deit = ats_macs_bounds(197, 384, 1536, 12, [3], keep=1.0, extra=fixed)
+
+    def bounds(blocks, **kw):
+        lo, hi = ats_layers_bounds(197, [(384, 1536, False, i in blocks) for i in range(12)], **kw)
+        return fixed + lo, fixed + hi
+
+    deit = bounds([3], keep=1.0)
     assert deit == (deit[0], 4_598_882_304)                 # DeiT-S 4.61G (methods.md), no token removed
     # single-stage DeiT-S+ATS at block 3: the paper reports about 3, 2.5 and 2 GFLOPs on average for
     # K = 108, 78, 48; the worst case (K' = K) lies just above each
     for k, paper in ((108, 3.0e9), (78, 2.5e9), (48, 2.0e9)):
-        lo, hi = ats_macs_bounds(197, 384, 1536, 12, [3], k=k, extra=fixed)
+        lo, hi = bounds([3], k=k)
         assert paper <= hi <= 1.04 * paper and lo < hi
     # multi-stage worst case shrinks with rho; best case: one patch token left after block 3
-    his = [ats_macs_bounds(197, 384, 1536, 12, range(3, 12), keep=r, extra=fixed)[1] for r in (1.0, 0.87, 0.72)]
+    his = [bounds(range(3, 12), keep=r)[1] for r in (1.0, 0.87, 0.72)]
     assert his[0] == 4_598_882_304 and his[0] > his[1] > his[2]
     # the paper's multi-stage averages (about 3, 2.5, 2 GFLOPs for rho = 1, 0.87, 0.72) sit below them
     assert all(avg < hi < avg * 1.6 for avg, hi in zip((3.0e9, 2.5e9, 2.0e9), his))
-    lo = ats_macs_bounds(197, 384, 1536, 12, range(3, 12), keep=0.72, extra=fixed)[0]
-    assert lo == fixed + 3 * block_macs(197, 384, 1536) + ats_block_macs(197, 2, 384, 1536) + 8 * ats_block_macs(
-        2, 2, 384, 1536)
+    lo = bounds(range(3, 12), keep=0.72)[0]
+    assert lo == fixed + 3 * layer_macs(197, 384, 1536) + layer_macs(197, 384, 1536, n_out=2) + 8 * layer_macs(
+        2, 384, 1536, n_out=2)
+    # the authors' 196 draws in every block: the worst case keeps every token, i.e. plain DeiT-S
+    assert bounds(range(3, 12), k=196)[1] == bounds(range(3, 12), k=500)[1] == 4_598_882_304
 
 
 # --- the wrapper: weights, training, errors ---------------------------------------------------------------------
@@ -381,3 +392,75 @@ def test_deit_small():  # about 1 s: one 224x224 image
     lo, hi = ats.macs_bounds()
     assert lo <= int(ats.last_macs[0]) <= hi < 4_598_882_304
     assert next(ats.parameters()) is next(m.parameters())
+
+
+# --- k above the tokens left (the authors' fixed number of draws) ------------------------------------------------
+def test_k_above_the_tokens_left_draws_k_quantiles(monkeypatch):
+    """The ATS authors' DeiT-S draws the same number of quantiles (196, one per input patch) in every ATS block,
+    also after earlier blocks dropped tokens. A k above the tokens left means the same here: every block draws
+    k quantiles over its real tokens and keeps each token hit, so K' = the distinct tokens of k draws."""
+    import nas.models.ats as ats_mod
+
+    m = tiny_vit(fused=False)
+    peaky_(m, std=0.15)
+    calls = []
+    real = ats_mod.inverse_transform_sample
+
+    def spy(scores, k):
+        selected = real(scores, k)
+        calls.append((scores.clone(), k.clone(), selected.clone()))
+        return selected
+
+    monkeypatch.setattr(ats_mod, "inverse_transform_sample", spy)
+    x = images(4, seed=3)
+    K = P  # the authors' rule at this size: as many draws as input patches, in every block
+    with torch.no_grad():
+        ats = apply_ats(m, [1, 2, 3], k=K)
+        ats(x)
+    assert len(calls) == 3
+    more_than_capped = 0
+    for b, (scores, k, selected) in enumerate(calls):
+        assert k.tolist() == [K] * 4                      # K draws whatever is left
+        for i in range(4):
+            real_tokens = int((scores[i] > 0).sum())
+            picked = reference_inverse_cdf(scores[i].tolist(), K)   # K quantiles, inverse CDF, unique
+            assert set(selected[i].nonzero().flatten().tolist()) == picked
+            assert int((ats.last_kept[b][i] > 0).sum()) == len(picked) <= real_tokens
+            # the capped rule (K = N_in draws) keeps at most as many, and fewer once tokens were dropped
+            capped = len(reference_inverse_cdf(scores[i].tolist(), real_tokens))
+            assert capped <= len(picked)
+            more_than_capped += capped < len(picked)
+    assert more_than_capped > 0                           # the two rules differ on this model
+
+
+def test_k_above_tokens_is_a_valid_space(tmp_path):
+    from dataclasses import replace
+
+    from nas.cost import cost
+    from nas.models import build_model
+    from nas.space import load_space
+
+    path = tmp_path / "k.yaml"
+    path.write_text("name: k\ninput: {size: 32, channels: 3}\nnum_classes: 10\n"
+                    "tokenizer: {type: patch, patch_size: 8}\n"
+                    "stages:\n  - {dim: 16, heads: 2, mlp_ratio: 2, cells: [basic, basic, basic]}\n"
+                    "ats: {blocks: [1, 2], k: {choice: [4, 196]}}\n")
+    space = load_space(path)
+    archs = [space.decode([0]), space.decode([1])]
+    plain = cost(replace(archs[1], ats=None))
+    assert cost(archs[1]).macs_max == plain.macs                # 196 draws over 16 tokens: all may stay
+    assert cost(archs[0]).macs_max < plain.macs
+    assert space.cost_bounds()["max_macs"] == plain.macs
+    model = build_model(archs[1]).eval()
+    with torch.no_grad():
+        model(images(2))
+    assert all(int(n) <= plain.macs for n in model.last_macs)
+
+
+def test_hybrid_vit_is_refused():
+    """A CNN stem before the patch projection (timm's HybridEmbed) would be left out of the recorded MACs."""
+    import timm
+
+    m = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=64).eval()
+    with pytest.raises(NasError, match="hybrid"):
+        apply_ats(m, [1], keep=0.5)

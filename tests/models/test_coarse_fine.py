@@ -15,15 +15,9 @@ from nas.arch import Arch, CoarseFineTokenizer, Pooling, Stage
 from nas.cost import cost
 from nas.errors import NasError
 from nas.models import build_model
-from nas.models.coarse_fine import (
-    CoarseFineViT,
-    coarse_fine_cost,
-    coarse_fine_macs,
-    coarse_fine_loss,
-    num_regions,
-    region_fine_index,
-    select_regions,
-)
+from nas.cost import coarse_fine_cost, coarse_fine_macs
+from nas.models.coarse_fine import CoarseFineViT, coarse_fine_loss, region_fine_index, select_regions
+from nas.shapes import num_regions
 from nas.models.layers import Attention, Block
 from nas.space import load_arch, load_space
 from tests.helpers import count_macs

@@ -14,7 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.arch import Arch, PatchTokenizer, ProgressiveTokenizer, Stage
 from nas.errors import NasError
 from nas.models.layers import Attention, Block
-from nas.models.progressive import ProgressiveSampling, bilinear_sample, initial_points, progressive_cost
+from nas.cost import tokenizer_cost as progressive_cost
+from nas.models.progressive import ProgressiveSampling, bilinear_sample, initial_points
+from nas.shapes import check_progressive
 
 REFERENCE = Path(__file__).resolve().parents[2] / "spaces" / "reference"
 
@@ -326,7 +328,7 @@ def test_bad_input_raises_nas_error():
         progressive_cost(tiny_arch(iterations=0))
     patch = Arch(32, 3, 10, PatchTokenizer(8), (Stage(32, 2, 3.0, ("basic",)),))
     with pytest.raises(NasError, match="progressive"):
-        progressive_cost(patch)
+        check_progressive(patch)
     with pytest.raises(NasError, match="heads"):
         ProgressiveSampling(tiny_arch(dim=30, heads=4))
     with pytest.raises(NasError, match="expected images"):
@@ -343,11 +345,9 @@ def test_ps_vit_ti_full_size_counts():
 
 
 def test_build_model_uses_the_tokenizer():
-    vit = pytest.importorskip("nas.models.vit")
-    if not hasattr(vit, "build_model"):
-        pytest.skip("nas.models.vit.build_model not there yet")
+    from nas.models import build_model
     arch = tiny_arch(points=4, iterations=2, depth=2)
-    model = unfused(vit.build_model(arch)).eval()
+    model = unfused(build_model(arch)).eval()
     assert isinstance(model.tokenizer, ProgressiveSampling)
     x = torch.randn(1, 3, 32, 32)
     assert model(x).shape == (1, 10)

@@ -12,7 +12,8 @@ from nas.arch import Arch, PatchTokenizer, Pooling, Stage
 from nas.errors import NasError
 from nas.models import SharedPair, build_model, get_arch, list_archs, run_cells
 from nas.models.layers import Block
-from nas.models.pooling import TokenPool1d, TokenPool2d, pooled_len_1d, pooled_side_2d
+from nas.models.pooling import TokenPool1d, TokenPool2d
+from nas.shapes import pooled_len_1d, pooled_side_2d
 
 
 def _img(size: int = 32, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,195 @@
+"""Exact min/max of MACs and params over a search space, and an arch attaining each, without enumerating it.
+
+The cost of an arch (``nas.cost``) is a sum of terms along a chain: the tokenizer (its choices and stage 0's
+width), then per stage its cells, the pooling into it (the previous and this stage's widths) and finally the
+head (the last width). Two kinds of choices:
+
+- *global* ones, which reach every stage: the tokenizer's values, the pooling kernel, ATS's keep or k;
+- *chain* ones: a stage's dim / heads / mlp_ratio, each cell's kind, each searchable ATS block.
+
+For each combination of global values, a dynamic programme walks the stages and cells in order with the
+state (tokens entering, grid side, previous width): a stage's values are chosen at its first cell, every cell
+adds its own MACs and params and, when it is an ATS block, moves the (worst-case) token count. The state
+captures everything later terms depend on, so the optimum over the chain is exact; the global combinations
+are enumerated. The work is (global combinations) x (stages x stage values + cells x kinds x token states),
+milliseconds on every shipped space, where the spaces themselves hold up to 10^9 archs.
+
+MACs are ``Cost.macs``: the worst case of data-dependent archs (ATS: every ATS layer keeps min(K, N_in)
+tokens; CF-ViT: coarse + fine pass).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from nas.arch import TOKENIZERS, Stage
+from nas.cost import (
+    cell_macs,
+    cell_params,
+    coarse_fine_fixed,
+    head_cost,
+    pooling_cost,
+    tokenizer_part,
+)
+from nas.shapes import ats_max_kept, ats_stage, fine_len, num_regions, tokenizer_side
+from nas.space.schema import Choice, Subset
+
+Decision = tuple[int, int]  # (dimension index, value index)
+OBJECTIVES = ("min_macs", "max_macs", "min_params", "max_params")
+
+
+def _options(x: Any, index: dict[int, int]) -> list[tuple[Any, tuple[Decision, ...]]]:
+    """A template leaf's values, each with the decision that picks it (none for a fixed value)."""
+    if isinstance(x, Choice):
+        return [(v, ((index[id(x)], j),)) for j, v in enumerate(x.values)]
+    return [(x, ())]
+
+
+def _product(fields: dict[str, Any], index: dict[int, int]) -> list[tuple[dict[str, Any], tuple[Decision, ...]]]:
+    """Every combination of a mapping's leaves: ({key: value}, decisions)."""
+    keys = list(fields)
+    out = []
+    for combo in itertools.product(*(_options(fields[k], index) for k in keys)):
+        out.append(({k: v for k, (v, _) in zip(keys, combo)}, tuple(d for _, ds in combo for d in ds)))
+    return out
+
+
+class _Chain:
+    """The per-stage and per-cell choices of a template, with their decisions, independent of global values."""
+
+    def __init__(self, t: dict[str, Any], index: dict[int, int]) -> None:
+        self.t = t
+        n = len(t["stages"])
+        self.stage_values = [
+            [(Stage(v["dim"], v["heads"], float(v["mlp_ratio"]), ()), ds)
+             for v, ds in _product({k: x for k, x in st.items() if k != "cells"}, index)]
+            for st in t["stages"]]
+        ats, g = t["ats"], 0
+        blocks = () if ats is None else ats["blocks"]
+        self.cells: list[list[list[tuple[str, bool, tuple[Decision, ...]]]]] = []
+        for s, st in enumerate(t["stages"]):
+            stage_cells = []
+            for cell in st["cells"]:
+                if ats is None or not ats_stage(t["pooling"]["type"], s, n):
+                    flags = [(False, ())]
+                elif isinstance(blocks, Subset):
+                    flags = ([(False, ((index[id(blocks)] + blocks.items.index(g), 0),)),
+                              (True, ((index[id(blocks)] + blocks.items.index(g), 1),))]
+                             if g in blocks.items else [(False, ())])
+                else:
+                    flags = [(g in blocks, ())]
+                stage_cells.append([(kind, a, ds + dk) for kind, dk in _options(cell, index) for a, ds in flags
+                                    if not (a and kind == "identity")])
+                g += 1
+            self.cells.append(stage_cells)
+
+
+State = tuple[int, int, int]        # (tokens entering incl. cls, grid side, previous stage's width)
+Best = tuple[int, int, int, Any]    # (score, macs, params, decisions as a linked list)
+
+
+def _keep(table: dict[State, Best], state: State, cand: Best) -> None:
+    old = table.get(state)
+    if old is None or cand[0] < old[0]:
+        table[state] = cand
+
+
+def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int], memo: dict[tuple, Any]) -> Best:
+    """Best (by ``score(macs, params)``, smallest) arch of the chain given the global values ``g``; ``memo``
+    caches the cost terms of ``g`` across objectives."""
+    t = chain.t
+    img, chans, qkv_bias, classes = t["input"]["size"], t["input"]["channels"], t["qkv_bias"], t["num_classes"]
+    pool, kernel, tok = t["pooling"]["type"], g["kernel"], g["tokenizer"]
+    cls = t["head"] == "cls" or pool != "2d"
+    coarse_fine = tok.type == "coarse_fine"
+    if coarse_fine:
+        c = tok.coarse_grid
+        passes = (1 + c * c, fine_len(c, num_regions(c, tok.alpha)))  # tokens of the coarse and fine pass
+    side0 = tokenizer_side(img, tok)
+
+    def cell(kind: str, n: int, n_out: int | None, st: Stage) -> tuple[int, int]:
+        key = (kind, n, n_out, st.dim, st.hidden)
+        if key not in memo:
+            macs = (sum(cell_macs(kind, m, st.dim, st.hidden) for m in passes) if coarse_fine
+                    else cell_macs(kind, n, st.dim, st.hidden, n_out))
+            memo[key] = macs, cell_params(kind, st.dim, st.hidden, qkv_bias)
+        return memo[key]
+
+    states: dict[State, Best] = {(0, 0, 0): (0, 0, 0, None)}
+    for s, (values, cells) in enumerate(zip(chain.stage_values, chain.cells)):
+        entered: dict[State, Best] = {}
+        for (n, side, prev), (_, macs, params, trace) in states.items():
+            for st, ds in values:
+                key = (s, n, side, prev, id(st))
+                if key not in memo:
+                    if s == 0 and coarse_fine:
+                        cm, fm, p = coarse_fine_fixed(img, chans, tok, st.dim)
+                        memo[key] = cm + fm, p, 0, 0
+                    elif s == 0:
+                        memo[key] = (*tokenizer_part(img, chans, tok, st, qkv_bias, cls), side0 * side0 + cls, side0)
+                    else:
+                        m, p, n_patch, side_in = pooling_cost(pool, kernel, n - cls, side, prev, st.dim, cls)
+                        memo[key] = m, p, n_patch + cls, side_in
+                m, p, n_in, side_in = memo[key]
+                # the stage's values travel in the state's width slot until the stage ends
+                m, p = macs + m, params + p
+                _keep(entered, (n_in, side_in, id(st)), (score(m, p), m, p, (ds, trace)))
+        by_id = {id(st): st for st, _ in values}
+        for options in cells:
+            after: dict[State, Best] = {}
+            for (n, side, sid), (_, macs, params, trace) in entered.items():
+                st = by_id[sid]
+                for kind, ats, ds in options:
+                    n_out = 1 + ats_max_kept(n - 1, g.get("keep"), g.get("k")) if ats else n
+                    m, p = cell(kind, n, n_out if ats else None, st)
+                    _keep(after, (n_out, side, sid), (score(macs + m, params + p), macs + m, params + p, (ds, trace)))
+            entered = after
+        states = {}
+        for (n, side, sid), best in entered.items():
+            _keep(states, (n, side, by_id[sid].dim), best)
+    result: Best | None = None
+    for (n, side, dim), (_, macs, params, trace) in states.items():
+        m, p = head_cost(dim, classes)
+        if coarse_fine:
+            m *= 2  # the head runs after both passes
+        cand = (score(macs + m, params + p), macs + m, params + p, (g["decisions"], trace))
+        if result is None or cand[0] < result[0]:
+            result = cand
+    assert result is not None  # a template has at least one stage, every stage at least one value
+    return result
+
+
+def extremes(t: dict[str, Any], index: dict[int, int], n_dims: int) -> dict[str, tuple[int, list[int]]]:
+    """{objective: (value, flat vector of an arch attaining it)} for the four ``OBJECTIVES``.
+
+    ``t`` is a validated template, ``index`` maps ``id(leaf)`` of each Choice / Subset to its first dimension.
+    """
+    chain = _Chain(t, index)
+    tok = {k: v for k, v in t["tokenizer"].items() if k != "type"}
+    tok_type = TOKENIZERS[t["tokenizer"]["type"]]
+    ats = t["ats"] or {}
+    budget_key = "keep" if "keep" in ats else "k"
+    globals_: list[dict[str, Any]] = []
+    for tv, td in _product(tok, index):
+        for kernel, kd in _options(t["pooling"]["kernel"], index):
+            for b, bd in (_options(ats[budget_key], index) if ats else [(None, ())]):
+                globals_.append({"tokenizer": tok_type(**tv), "kernel": kernel, budget_key: b,
+                                 "decisions": td + kd + bd})
+    scores = {"min_macs": lambda m, p: m, "max_macs": lambda m, p: -m,
+              "min_params": lambda m, p: p, "max_params": lambda m, p: -p}
+    bests: dict[str, Best] = {}
+    for g in globals_:
+        memo: dict[tuple, Any] = {}
+        for name in OBJECTIVES:
+            b = _optimise(chain, g, scores[name], memo)
+            if name not in bests or b[0] < bests[name][0]:
+                bests[name] = b
+    out = {}
+    for name, best in bests.items():
+        vector, node = [0] * n_dims, best[3]
+        while node is not None:
+            decisions, node = node
+            for i, j in decisions:
+                vector[i] = j
+        out[name] = (best[1] if name.endswith("macs") else best[2], vector)
+    return out
