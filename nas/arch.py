@@ -34,7 +34,7 @@ class PatchTokenizer:
 
 @dataclass(frozen=True)
 class ProgressiveTokenizer:
-    """PS-ViT progressive sampling (methods.md section 1).
+    """PS-ViT progressive sampling (docs/mechanisms.md section 1).
 
     A ResNet stem (stride 4, output width = stage 0's dim), then ``iterations`` rounds of sampling
     ``points`` x ``points`` tokens and refining the points with an encoder layer (one shared layer when
@@ -48,7 +48,7 @@ class ProgressiveTokenizer:
 
 @dataclass(frozen=True)
 class CoarseFineTokenizer:
-    """CF-ViT coarse-to-fine inference (methods.md section 4).
+    """CF-ViT coarse-to-fine inference (docs/mechanisms.md section 4).
 
     The coarse pass sees the image resized to ``coarse_grid * patch_size`` pixels; the top
     ``ceil(alpha * coarse_grid**2)`` regions by global class attention are re-split 2x2 in the fine pass;
@@ -96,7 +96,7 @@ class Pooling:
 
 @dataclass(frozen=True)
 class ATS:
-    """Adaptive token sampling (methods.md section 2) in the cells listed in ``blocks``.
+    """Adaptive token sampling (docs/mechanisms.md section 2) in the cells listed in ``blocks``.
 
     ``blocks`` are global cell indices, counted over all stages in order; ATS acts in the last layer of
     each listed cell. Exactly one of ``keep`` (ratio rho: K = max(round(rho * N_in), 8), N_in the patch

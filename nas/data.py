@@ -23,7 +23,7 @@ Specs:
   when the splits hold at most ``SCAN_MAX`` files (each is decoded once, which is cheap at that size), else
   when a batch reads them.
 
-Decisions where the brief was silent:
+Decisions where the papers are silent:
 
 - Splits are stratified per class and ordered by ``sha256(f"{seed}|{salt}|{key}")`` where ``key`` is the
   pool index (in-memory sets) or the path relative to the root (ImageFolder): the same seed gives the same

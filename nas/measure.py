@@ -3,7 +3,7 @@
 Protocol (every model family follows it, so one function measures them all): after each ``forward(x)``
 on a batch of B images the model holds, in the attribute ``last_macs``, the multiply-accumulates that each
 image executes when run alone, as a (B,) integer tensor (fvcore convention: matmul/linear/conv only; see
-methods.md). "Alone" matters: padding to a common token count within a batch is an implementation detail
+docs/mechanisms.md). "Alone" matters: padding to a common token count within a batch is an implementation detail
 and never counts. A static model (same cost for every image) may store a plain int or a 0-d tensor, which
 stands for every image of the batch. Examples: ``nas.models.ats.ATSViT`` (tokens kept per image),
 CF-ViT (coarse only, or coarse + fine, per image), static ViTs (a constant).

@@ -65,7 +65,7 @@ def test_layer_formulas():
     N, C, H = 197, 192, 768
     assert layer_macs(N, C, H) == 12 * N * C * C + 2 * N * N * C  # the textbook ViT layer at mlp ratio 4
     assert layer_macs(N, C, H) - layer_macs(N, C, H, shared=True) == 2 * N * C * C + N * N * C
-    # ATS (methods.md 2.8): 3 N C^2 + N^2 C + K N C + K C^2 + 8 K C^2
+    # ATS (docs/mechanisms.md section 2): 3 N C^2 + N^2 C + K N C + K C^2 + 8 K C^2
     K = 100
     assert layer_macs(N, C, H, n_out=K) == 3 * N * C * C + N * N * C + K * N * C + K * C * C + 8 * K * C * C
     assert layer_params(C, H) == 12 * C * C + 13 * C  # timm: 4C^2+4C attn, 8C^2+5C MLP, 4C norms

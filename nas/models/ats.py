@@ -1,4 +1,4 @@
-"""ATS: adaptive token sampling (paper 002, methods.md section 2). Parameter-free, batch-invariant.
+"""ATS: adaptive token sampling (arXiv 2111.15667; docs/mechanisms.md section 2). Parameter-free, batch-invariant.
 
 An ATS block is an ordinary pre-norm block whose attention keeps only some output rows: cls plus the
 patch tokens drawn by inverse-transform sampling over the cls-attention significance scores. The pieces:

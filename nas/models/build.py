@@ -19,7 +19,7 @@ def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: fl
     if isinstance(arch, str):
         arch = get_arch(arch)
     # The data-dependent models dispatch here, one line each.
-    if isinstance(arch.tokenizer, CoarseFineTokenizer):  # CF-ViT, paper 004
+    if isinstance(arch.tokenizer, CoarseFineTokenizer):  # CF-ViT, arXiv 2203.03821
         warmup = WARMUP_FRACTION if coarse_fine_warmup is None else coarse_fine_warmup
         return CoarseFineViT(arch, drop_path=drop_path, warmup_fraction=warmup)
     return VisionTransformer(arch, drop_path=drop_path)

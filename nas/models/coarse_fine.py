@@ -1,4 +1,4 @@
-"""CF-ViT: coarse-to-fine inference (paper 004, methods.md section 4), batch-invariant, with per-image cost.
+"""CF-ViT: coarse-to-fine inference (arXiv 2203.03821; docs/mechanisms.md section 4), batch-invariant, with per-image cost.
 
 One ViT runs twice with shared weights; only the two position tables differ.
 
@@ -37,7 +37,7 @@ Decisions where the paper and spec are silent:
   depend on the batch. The EMA accumulates in float32.
 - Layers are counted over all cells in order (a shared_pair is 2 layers, identity 0). With L <= 3 layers the
   GCA uses the last layer only (start = min(3, L - 1)). A sharing layer contributes the map it uses (the
-  inherited one). Each layer's map is averaged over heads before the EMA: the same as the spec's "mean over
+  inherited one). Each layer's map is averaged over heads before the EMA: the same as the paper's "mean over
   heads at the end" since the EMA is linear, and well defined when stages have different head counts.
 - k = ceil(alpha c^2 - 1e-9): the tolerance keeps float noise (0.7 * 100 = 70.00000000000001) from adding a
   region. alpha = 0.5 gives k = 25 of 49 (c = 7) and 41 of 81 (c = 9), the paper's Eq. 10.

@@ -1,4 +1,4 @@
-"""PSViT token pooling between stages: fewer tokens, (possibly) wider tokens (methods.md section 3).
+"""PSViT token pooling between stages: fewer tokens, (possibly) wider tokens (docs/mechanisms.md section 3).
 
 ``TokenPool1d``: the cls token goes through a Linear(C_in, C_out); the patch tokens, read as a 1D sequence,
 go through Conv1d(C_in, C_out, kernel, stride 1, padding kernel//2, bias) then MaxPool1d(2, 2, ceil_mode):

@@ -7,7 +7,7 @@ sample n*n tokens of F bilinearly at the points p_t, add a position embedding of
 the previous round's tokens, run one encoder layer, and (except after the last round) predict offsets that
 move the points. The last round's tokens, with a cls token prepended, are the model's tokens.
 
-Decisions where the brief or the paper are silent (or disagree with the authors' code):
+Decisions where the paper is silent (or disagree with the authors' code):
 
 - Stem widths. The paper takes "the first two residual blocks of ResNet-50's first stage", whose output width
   is 256; the authors' published models use 64 -> 256 -> C for PS-ViT-B (C = 384) and 64 -> 192 -> 192 for

@@ -7,7 +7,7 @@ Module layout (a weight-sharing supernet maps onto it 1:1)::
     model.poolings[s]        between stage s and s+1 (nn.Identity for pooling type "none")
     model.norm, model.head   final LayerNorm; Linear on the cls token ("cls") or on the mean patch token ("gap")
 
-Decisions where the spec is silent:
+Decisions where the papers are silent:
 - Patch tokenizer = timm PatchEmbed (conv, bias) + cls token + a learned absolute position table that also
   covers the cls position, added once (DeiT); with no cls token (2d pooling + gap head) the table covers the
   patch tokens only.

@@ -14,7 +14,7 @@ last; then the folder is renamed to ``ckpt-<step>`` (one atomic rename) and the 
 are old checkpoints pruned (the newest ``keep`` stay). A reader takes the newest ``ckpt-*`` whose ``state.json``
 parses and whose files match their digests; ``.tmp-*`` leftovers of a killed writer are ignored and removed.
 
-Decisions where the brief was silent:
+Decisions where the papers are silent:
 
 - The rename of a complete folder is the commit point (no separate "latest" pointer that could disagree with it).
 - A ``ckpt-*`` folder that fails verification (bit rot, a hand-edited file) while an older one is valid is renamed

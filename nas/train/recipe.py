@@ -1,7 +1,7 @@
 """Training recipes: YAML files validated like search spaces (file:line errors, did-you-mean, ranges).
 
 A recipe says *how* to train (optimiser, schedule, loss, augmentation, arch sampling, data options, space
-overrides); the space says *what*. ``Recipe()`` with no arguments is the PSViT supernet recipe (paper 003,
+overrides); the space says *what*. ``Recipe()`` with no arguments is the PSViT supernet recipe (PSViT, arXiv 2108.03428,
 section 4.1): Nesterov SGD, momentum 0.9, lr 0.2 cosine-annealed to 0, batch 1024, weight decay 1e-4,
 100 epochs, label smoothing 0.1; ``recipes/spos_supernet.yaml`` spells the same values out.
 
@@ -26,7 +26,7 @@ Keys (all optional; defaults in brackets)::
     device: auto | cpu | cuda       # [auto]
     space_overrides: {key.path: value, ...}   # applied to the space file (nas.space.load_space overrides)
 
-Decisions where the brief was silent:
+Decisions where the papers are silent:
 
 - Optimisers and schedules are timm's (``create_optimizer_v2``: weight decay skips biases and norm weights, as in
   timm/DeiT; ``create_scheduler_v2`` stepped per update, so cosine anneals smoothly over all steps to ``min_lr``).

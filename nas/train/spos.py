@@ -18,7 +18,7 @@ one, bitwise on CPU with the same torch and thread count. Not covered: random da
 processes (ImageFolder data with ``data.num_workers > 0``) is exact across epoch boundaries only, and GPU kernels
 may be non-deterministic.
 
-Decisions where the brief was silent:
+Decisions where the papers are silent:
 
 - ``num_classes`` of the supernet always comes from the data: the space's value is overridden (with a note on
   stderr) when they differ, so the head matches the labels; the resolved space is what run.json hashes.

@@ -1,4 +1,4 @@
-"""ATS (paper 002): sampling rule, block forward, batch invariance, per-image MACs, weight sharing."""
+"""ATS (arXiv 2111.15667): sampling rule, block forward, batch invariance, per-image MACs, weight sharing."""
 from __future__ import annotations
 
 import math
@@ -315,7 +315,7 @@ def test_deit_s_bounds_match_published_figures():
         return fixed + lo, fixed + hi
 
     deit = bounds([3], keep=1.0)
-    assert deit == (deit[0], 4_598_882_304)                 # DeiT-S 4.61G (methods.md), no token removed
+    assert deit == (deit[0], 4_598_882_304)                 # DeiT-S 4.61G (docs/mechanisms.md), no token removed
     # single-stage DeiT-S+ATS at block 3: the paper reports about 3, 2.5 and 2 GFLOPs on average for
     # K = 108, 78, 48; the worst case (K' = K) lies just above each
     for k, paper in ((108, 3.0e9), (78, 2.5e9), (48, 2.0e9)):

@@ -1,4 +1,4 @@
-"""CF-ViT (paper 004, methods.md section 4): sequence construction, region choice, early exit, batch invariance,
+"""CF-ViT (arXiv 2203.03821; docs/mechanisms.md section 4): sequence construction, region choice, early exit, batch invariance,
 per-image MACs against FlopCounterMode, loss, warm-up, and the published DeiT-S figures (analytic)."""
 from __future__ import annotations
 

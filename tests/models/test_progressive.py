@@ -1,4 +1,4 @@
-"""PS-ViT progressive sampling (methods.md section 1): sampling geometry, gradients, weight sharing, and the
+"""PS-ViT progressive sampling (docs/mechanisms.md section 1): sampling geometry, gradients, weight sharing, and the
 analytic cost against FlopCounterMode, parameter counts and the published figures."""
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def test_composed_model_totals():
     assert n_params(model) == tok_params + rest_params
 
 
-PUBLISHED = {  # methods.md section 1: (params, params precision, MACs), 224x224, 1000 classes
+PUBLISHED = {  # docs/mechanisms.md section 1: (params, params precision, MACs), 224x224, 1000 classes
     "ps_vit_ti_14": (4.78e6, 1e4, 1.58e9),
     "ps_vit_b_10": (21.34e6, 1e4, 3.11e9),
     "ps_vit_b_14": (21.34e6, 1e4, 5.40e9),

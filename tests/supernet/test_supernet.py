@@ -166,7 +166,7 @@ def test_arch_outside_the_space_is_a_user_error(tmp_path):
 
 # --- weight entanglement ------------------------------------------------------------------------------
 def _carve(name: str, big: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """The spec's slice of ``big`` for a subnet tensor of ``shape``, written independently of the library."""
+    """The intended slice of ``big`` for a subnet tensor of ``shape``, written independently of the library."""
     if name.endswith("attn.qkv.weight") or name.endswith("attn.qkv.bias"):
         B, b = big.shape[0] // 3, shape[0] // 3
         big = torch.cat([big[:b], big[B:B + b], big[2 * B:2 * B + b]])      # q, k, v each from its own block

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_default_recipe_is_psvit_section_4_1():
     r = Recipe()
-    # PSViT (paper 003) sec. 4.1: Nesterov SGD, momentum 0.9, lr 0.2 cosine to 0, batch 1024, L2 1e-4,
+    # PSViT (arXiv 2108.03428) sec. 4.1: Nesterov SGD, momentum 0.9, lr 0.2 cosine to 0, batch 1024, L2 1e-4,
     # 100 epochs, label smoothing 0.1; SPOS uniform single-path sampling.
     assert (r.optimizer.name, r.optimizer.nesterov, r.optimizer.momentum, r.optimizer.lr) == ("sgd", True, 0.9, 0.2)
     assert (r.schedule.name, r.schedule.min_lr, r.schedule.warmup_epochs) == ("cosine", 0.0, 0)
