@@ -63,6 +63,19 @@ def feature_size(img_size: int) -> int:
     return _conv_out(_conv_out(img_size, 7, 2, 3), 3, 2, 1)
 
 
+STEM_STRIDE = 4
+"""Stride of the stem: the 7x7/2 conv, then the 3x3/2 max-pool."""
+
+
+def image_points(points: torch.Tensor) -> torch.Tensor:
+    """Points (..., 2) in feature-map pixels -> input-image pixels, (y, x) both, pixel centres at integers.
+
+    Stem pixel i (conv 7x7/2 with padding 3, then max-pool 3x3/2 with padding 1) has its receptive field
+    centred on image pixel ``STEM_STRIDE * i``, so the map is a plain scaling, at any input size.
+    """
+    return points * STEM_STRIDE
+
+
 def stem_widths(dim: int) -> tuple[int, int]:
     """Output widths of the two bottlenecks: (min(C, 256), C) as in the authors' PS-ViT-Ti and PS-ViT-B."""
     return min(dim, STAGE1_WIDTH), dim
