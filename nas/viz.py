@@ -52,6 +52,7 @@ __all__ = ["sampling_points", "token_footprints", "kept_tokens", "coarse_fine_re
 
 VEIL = (0.45, 0.45, 0.5, 0.8)  # RGBA over dropped ATS tokens: visible on dark and on light images
 PANEL_INCHES = 2.6  # side of one image panel
+DPI = 80
 
 
 # --- what the model did (tested against the models' own records) --------------------------------------------
@@ -181,8 +182,15 @@ def _figure(panels: int, cols: int = 4):
 
     cols = min(panels, cols)
     rows = -(-panels // cols)
-    fig = Figure(figsize=(PANEL_INCHES * max(cols, 1.6), (PANEL_INCHES + 0.3) * rows + 0.4), dpi=100)
+    fig = Figure(figsize=(PANEL_INCHES * max(cols, 1.6), (PANEL_INCHES + 0.3) * rows + 0.4), dpi=DPI)
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
+
+
+def _chart(height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, height), dpi=100)
+    return fig, fig.add_subplot()
 
 
 def _image(ax, img: np.ndarray) -> None:
@@ -389,35 +397,37 @@ def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list
     pts = [(_number(r, *macs_cols), float(r["score"]), _feasible(r), r.get("arch_hash", "")) for r in rows]
     pts = [p for p in pts if p[0] is not None and math.isfinite(p[1])]
     feas = [p for p in pts if p[2]]
-    best_hash = (summary.get("best") or {}).get("arch_hash") if isinstance(summary.get("best"), dict) else None
-    best = next((p for p in feas if p[3] == best_hash), None) or max(feas, key=lambda p: (p[1], -p[0]), default=None)
+    best_hash = summary["best"].get("arch_hash") if isinstance(summary.get("best"), dict) else None
+    best = next((p for p in feas if p[3] == best_hash), None)            # the run's own choice, else top-1
+    best = best or max(feas, key=lambda p: (p[1], -p[0]), default=None)
     front = [feas[i] for i in pareto_front([(p[0], p[1]) for p in feas])]
     out = run / "viz" if out is None else Path(out)
-    name = f"{run.name}: {len(rows)} evaluations"
+    name = ", ".join(str(v) for v in (f"{run.name}: {len(rows)} evaluations", info.get("searcher"),
+                                      summary.get("budget_text")) if v)
+    top = max((p[0] for p in pts), default=0.0)
+    unit, scale = next(((u, v) for u, v in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if top >= v), ("", 1.0))
 
-    fig, (ax,) = _figure(1)
-    fig.set_size_inches(6.4, 4.4)
+    fig, ax = _chart(4.4)
     for ok, color, label in ((True, "tab:blue", "in budget"), (False, "0.65", "outside budget")):
         sel = [p for p in pts if p[2] == ok]
         if sel:
-            ax.scatter([p[0] / 1e9 for p in sel], [p[1] for p in sel], s=10, c=color, alpha=0.7, lw=0, label=label)
+            ax.scatter([p[0] / scale for p in sel], [p[1] for p in sel], s=10, c=color, alpha=0.7, lw=0, label=label)
     if front:
-        ax.plot([p[0] / 1e9 for p in front], [p[1] for p in front], "-o", c="tab:orange", ms=3, lw=1.2,
+        ax.plot([p[0] / scale for p in front], [p[1] for p in front], "-o", c="tab:orange", ms=3, lw=1.2,
                 label="Pareto front")
     for i, v in enumerate(v for v in (budget.get("macs") or []) if v):
-        ax.axvline(v / 1e9, c="tab:red", ls="--", lw=1, label="budget" if i == 0 else None)
+        ax.axvline(v / scale, c="tab:red", ls="--", lw=1, label="budget" if i == 0 else None)
     if best is not None:
-        ax.scatter([best[0] / 1e9], [best[1]], marker="*", s=180, c="gold", edgecolors="k", zorder=5,
+        ax.scatter([best[0] / scale], [best[1]], marker="*", s=180, c="gold", edgecolors="k", zorder=5,
                    label=f"best {best[1]:.4f}")
-    ax.set_xlabel(f"{'mean ' if on_mean else ''}MACs (G)")
+    ax.set_xlabel(f"{'mean ' if on_mean else ''}MACs" + (f" ({unit})" if unit else ""))
     ax.set_ylabel("top-1 on the search split")
     ax.set_title(name, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     files = [_save(fig, out / "pareto.png")]
 
-    fig, (ax,) = _figure(1)
-    fig.set_size_inches(6.4, 4.0)
+    fig, ax = _chart(4.0)
     curve = best_so_far(rows)
     ax.plot(range(1, len(curve) + 1), curve, drawstyle="steps-post", c="tab:blue", label="best in budget so far")
     ax.scatter(range(1, len(rows) + 1), [float(r["score"]) for r in rows], s=6, c="0.6", lw=0,
