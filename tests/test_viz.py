@@ -246,3 +246,25 @@ def test_search_history_read_by_column_name(tmp_path):
     assert best_so_far(rows)[:2] == [0.3, 0.6] and math.isnan(float(rows[2]["score"]))
     assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
     check_png(tmp_path / "o" / "pareto.png")
+
+
+def test_viz_with_supernet_weights(tmp_path, capsys):
+    """--supernet: the arch runs with the trained supernet's weights (a one-epoch run of a tiny PS-ViT space)."""
+    from nas.train import train_supernet
+
+    (tmp_path / "space.yaml").write_text(
+        "name: tiny_ps\ninput: {size: 16, channels: 3}\nnum_classes: 5\n"
+        "tokenizer: {type: progressive, points: 2, iterations: 2}\nhead: cls\n"
+        "stages:\n  - {dim: {choice: [16, 32]}, heads: 2, mlp_ratio: 2, cells: [basic]}\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "seed: 0\nepochs: 1\nbatch_size: 24\noptimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}\n"
+        "label_smoothing: 0.0\ndata: {holdout: 0.25}\ndevice: cpu\n")
+    train_supernet(str(tmp_path / "space.yaml"), data="synthetic:200:5", recipe=str(tmp_path / "recipe.yaml"),
+                   out=tmp_path / "run", progress=False)
+    arch = Arch(16, 3, 5, ProgressiveTokenizer(2, 2), (Stage(16, 2, 2.0, ("basic",)),))
+    save_arch(arch, tmp_path / "a.yaml")
+    code = main(["viz", str(tmp_path / "a.yaml"), "--supernet", str(tmp_path / "run"), "--images", "2",
+                 "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    for b in range(2):
+        check_png(tmp_path / "o" / f"img{b:03d}-sampling.png")
