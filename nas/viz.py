@@ -147,19 +147,20 @@ def _model(arch: Arch, data: str | None, images: int, weights: str | None, super
         with ev.model(scored) as model:
             yield model.eval(), scored, x[:images], y[:images], source
         return
+    from nas.cost import cost
     from nas.data import load_data
+    from nas.limits import check_model_size
     from nas.models import build_model
+    from nas.weights import load_weights
 
+    c = cost(arch)
+    check_model_size(c.macs, c.params, "the arch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(arch).eval()
     source = f"seeded random init (seed {seed}), untrained"
     if weights is not None:
-        from safetensors.torch import load_model
-        try:
-            load_model(model, weights)
-        except (RuntimeError, OSError) as e:
-            raise NasError(f"the weights do not fit the arch: {e}", file=weights) from None
+        load_weights(weights, model)
         source = f"weights {Path(weights).name}"
     val = load_data(data or "builtin", arch.img_size, arch.in_chans, seed=seed, limit={"val": images}).val
     items = [val[i] for i in range(min(images, len(val)))]
