@@ -173,6 +173,12 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
           + (f", resumed from step {r.resumed_from}" if r.resumed_from is not None else ""))
 
 
+def cmd_viz(args: argparse.Namespace) -> None:
+    from nas.viz import viz
+    for path in viz(args.target, args.out, args.data, args.images, args.weights, args.supernet, args.seed):
+        print(path)
+
+
 # --- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
@@ -227,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
     t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     t.set_defaults(func=cmd_train_supernet)
+
+    vz = sub.add_parser("viz", help="PNG pictures: sampling points, ATS kept tokens, CF-ViT regions; a search run")
+    vz.add_argument("target", help="arch file or registered arch name, or a `nas search` run directory "
+                    "(Pareto plot and best-so-far curve)")
+    vz.add_argument("--data", help="images from the val split of this data (default: the supernet's, else builtin)")
+    vz.add_argument("--images", type=int, default=4, help="how many images (default 4)")
+    vz.add_argument("--out", help="folder for the PNGs (default viz/<arch>, or RUN_DIR/viz)")
+    vz.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
+    vz.add_argument("--supernet", metavar="RUN_DIR", help="use this trained supernet's weights sliced for the arch")
+    vz.add_argument("--seed", type=int, default=0)
+    vz.set_defaults(func=cmd_viz)
     return p
 
 

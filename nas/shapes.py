@@ -57,6 +57,10 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+STEM_STRIDE = 4
+"""Stride of the PS-ViT stem: the 7x7/2 conv, then the 3x3/2 max-pool."""
+
+
 def feature_size(img_size: int) -> int:
     """PS-ViT stem's feature map side: conv 7x7/2 (pad 3) then maxpool 3x3/2 (pad 1); 224 -> 56, 32 -> 8."""
     return conv_out(conv_out(img_size, 7, 2, 3), 3, 2, 1)

@@ -26,7 +26,9 @@ Training: ``training_loss(img, y, criterion, progress)`` is the model's objectiv
 scored by ``coarse_fine_loss`` (paper Eq. 14), with the fine pass on all fine tokens while ``progress`` (the
 share of training done) is below ``warmup_fraction`` (the paper's 2/3), with region selection after.
 Inference: ``forward(img) -> logits`` with the early exit, in train mode as well. After every forward
-``last_macs`` holds the (B,) int64 MACs each image executed (``nas.measure``).
+``last_macs`` holds the (B,) int64 MACs each image executed (``nas.measure``), ``last_exits`` (B,) which images
+exited after the coarse pass and ``last_regions`` (B_fine, k) the informative regions (ascending indices on the
+c x c grid) of the images that ran the fine pass, in batch order (``nas.viz`` draws them).
 
 Decisions where the paper and spec are silent:
 - Token order of the fine sequence: informative regions in ascending raster order of the c x c grid, each
@@ -221,6 +223,8 @@ class CoarseFineViT(nn.Module):
         self.macs_coarse, self.macs_fine = coarse_fine_macs(arch)
         self.macs_fine_warmup = coarse_fine_macs(arch, tok.coarse_grid ** 2)[1]
         self.last_macs: torch.Tensor | None = None
+        self.last_exits: torch.Tensor | None = None    # (B,) bool: images that exited after the coarse pass
+        self.last_regions: torch.Tensor | None = None  # (B_fine, k) informative regions of the fine pass
 
     no_weight_decay = tokenizer_no_weight_decay
 
@@ -260,6 +264,7 @@ class CoarseFineViT(nn.Module):
         fine = fine + self.reuse(coarse.tokens[:, 1:])                 # reuse only reaches informative tokens:
         k = self.grid ** 2 if warmup else self.num_regions            # the others are dropped just below
         top, rest = select_regions(coarse.gca, k)                      # (B, k), (B, c^2 - k)
+        self.last_regions = top                                        # recorded for pictures (nas.viz)
         idx = self.fine_index[top].flatten(1)                         # (B, 4k)
         fine = fine.gather(1, idx[..., None].expand(-1, -1, C))        # (B, 4k, C)
         other = coarse.embed[:, 1:].gather(1, rest[..., None].expand(-1, -1, C))  # (B, c^2 - k, C)
@@ -298,7 +303,8 @@ class CoarseFineViT(nn.Module):
         with torch.no_grad():
             exits = coarse.logits.float().softmax(dim=-1).amax(dim=-1) >= self.exit_threshold  # (B,)
         go = (~exits).nonzero().squeeze(1)                            # images that run the fine pass
-        logits = coarse.logits
+        logits, self.last_exits = coarse.logits, exits
+        self.last_regions = go.new_empty(0, self.num_regions)         # set by the fine pass, if any
         if go.numel():
             fine = self.forward_fine(img.index_select(0, go), coarse.select(go))
             logits = logits.index_copy(0, go, fine.to(logits.dtype))

@@ -50,7 +50,17 @@ from torch import nn
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.models.layers import Block
-from nas.shapes import STEM_WIDTH, check_progressive, progressive_modules, stem_widths
+from nas.shapes import STEM_STRIDE, STEM_WIDTH, check_progressive, progressive_modules, stem_widths
+
+
+def image_points(points: torch.Tensor) -> torch.Tensor:
+    """Points (..., 2) in feature-map pixels -> input-image pixels, (y, x) both, pixel centres at integers.
+
+    Stem pixel i (conv 7x7/2 with padding 3, then max-pool 3x3/2 with padding 1) has its receptive field
+    centred on image pixel ``STEM_STRIDE * i``, so the map is a plain scaling, at any input size.
+    """
+    return points * STEM_STRIDE
+
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck, stride 1: 1x1 in->mid, 3x3 mid->mid, 1x1 mid->out, each with BN; ReLU after the add.

@@ -1,0 +1,270 @@
+"""``nas viz``: valid PNGs for each mechanism and for a search run, and pictures that show the model's own
+decisions (sampling points, kept tokens, re-split regions) rather than a recomputation of them."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.arch import ATS, Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer, Stage
+from nas.cli import main
+from nas.models import build_model
+from nas.shapes import feature_size
+from nas.space import save_arch
+from nas.viz import (
+    best_so_far,
+    coarse_fine_regions,
+    kept_tokens,
+    pareto_front,
+    read_history,
+    sampling_points,
+    token_footprints,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def progressive_arch(points: int = 4, iterations: int = 3) -> Arch:
+    return Arch(32, 3, 10, ProgressiveTokenizer(points, iterations), (Stage(32, 2, 2.0, ("basic",)),), name="ps")
+
+
+def ats_arch(**kw) -> Arch:
+    return Arch(32, 3, 10, PatchTokenizer(4), (Stage(32, 2, 2.0, ("basic", "basic", "shared_pair")),),
+                ats=ATS((1, 2), **(kw or {"keep": 0.5})), name="ats")
+
+
+def cf_arch(eta: float = 1.0) -> Arch:
+    """32x32 input, patch 4, coarse grid 4: 16 regions, k = 8 re-split."""
+    return Arch(32, 3, 10, CoarseFineTokenizer(4, 4, 0.5, eta), (Stage(32, 2, 2.0, ("basic",) * 3),), name="cf")
+
+
+def model_of(arch: Arch, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(arch).eval()
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def check_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and min(pixels.shape[:2]) > 50
+    assert float(pixels[..., :3].std()) > 0.01  # a picture, not a blank canvas
+
+
+# --- end to end: the command writes PNGs ---------------------------------------------------------------------
+@pytest.mark.parametrize("arch, suffixes", [
+    (progressive_arch(), ["sampling"]),
+    (ats_arch(), ["ats"]),
+    (cf_arch(), ["coarse_fine"]),
+    (Arch(32, 3, 10, ProgressiveTokenizer(4, 2), (Stage(32, 2, 2.0, ("basic", "basic")),), ats=ATS((1,), k=8)),
+     ["sampling", "ats"]),
+])
+def test_viz_writes_pngs_for_each_mechanism(tmp_path, capsys, arch, suffixes):
+    save_arch(arch, tmp_path / "arch.yaml")
+    out = tmp_path / "out"
+    code = main(["viz", str(tmp_path / "arch.yaml"), "--data", "synthetic:40", "--images", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    want = sorted(out / f"img{b:03d}-{s}.png" for b in range(2) for s in suffixes)
+    assert sorted(Path(p) for p in capsys.readouterr().out.split()) == want
+    assert sorted(out.iterdir()) == want
+    for p in want:
+        check_png(p)
+
+
+def test_viz_refuses_an_arch_without_mechanism_and_both_weight_sources(tmp_path, capsys):
+    assert main(["viz", "vit_test_patch4_32", "--data", "synthetic:40", "--out", str(tmp_path)]) == 2
+    assert "no mechanism to picture" in capsys.readouterr().err
+    save_arch(cf_arch(), tmp_path / "a.yaml")
+    assert main(["viz", str(tmp_path / "a.yaml"), "--weights", "w", "--supernet", "r"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_viz_loads_safetensors_weights(tmp_path, capsys):
+    """--weights: the pictures come from those weights (moved offsets move the drawn points)."""
+    from safetensors.torch import save_model
+
+    arch = progressive_arch(iterations=2)
+    model = model_of(arch, seed=3)
+    torch.nn.init.constant_(model.tokenizer.offsets[0].bias, 1.0)
+    save_model(model, str(tmp_path / "w.safetensors"))
+    save_arch(arch, tmp_path / "a.yaml")
+    code = main(["viz", str(tmp_path / "a.yaml"), "--weights", str(tmp_path / "w.safetensors"), "--data",
+                 "synthetic:40", "--images", "1", "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    check_png(tmp_path / "o" / "img000-sampling.png")
+    bad = Arch(32, 3, 10, ProgressiveTokenizer(4, 2), (Stage(48, 2, 2.0, ("basic",)),))
+    save_arch(bad, tmp_path / "b.yaml")
+    assert main(["viz", str(tmp_path / "b.yaml"), "--weights", str(tmp_path / "w.safetensors"), "--data",
+                 "synthetic:40", "--out", str(tmp_path / "o2")]) == 2
+    assert "do not fit the arch" in capsys.readouterr().err
+
+
+# --- the data behind the pictures -----------------------------------------------------------------------------
+def test_sampling_points_untrained_stay_on_the_initial_grid():
+    """Zero-initialised offset heads: every round's points are the regular grid of paper eq. 2, in image pixels
+    the receptive-field centres 4 * (i + 1/2) * H/n of the stride-4 stem's H x H map."""
+    n, arch = 4, progressive_arch(points=4, iterations=3)
+    model = model_of(arch)
+    with torch.no_grad():
+        model(images(2))
+    pts = sampling_points(model)                                        # (B, N, P, 2)
+    H = feature_size(32)
+    assert H == 8 and pts.shape == (2, 3, n * n, 2)
+    centres = [4 * (i + 0.5) * H / n for i in range(n)]                 # 4, 12, 20, 28
+    grid = torch.tensor([[y, x] for y in centres for x in centres])     # raster order, (y, x)
+    for r in range(3):
+        assert torch.equal(pts[:, r], grid.expand(2, -1, -1))
+
+
+def test_sampling_points_follow_the_models_moved_points():
+    model = model_of(progressive_arch(points=4, iterations=3))
+    for head in model.tokenizer.offsets:
+        torch.nn.init.normal_(head.weight, std=0.5)
+        torch.nn.init.normal_(head.bias, std=1.0)
+    with torch.no_grad():
+        model(images(3))
+    pts = sampling_points(model)
+    assert torch.equal(pts[:, -1], 4 * model.tokenizer.last_points)     # the final points, scaled
+    assert torch.equal(pts, 4 * model.tokenizer.last_trajectory)
+    assert not torch.allclose(pts[:, 0], pts[:, -1])                    # they did move
+
+
+@pytest.mark.parametrize("budget", [{"keep": 0.5}, {"k": 9}])
+def test_kept_masks_equal_the_models_kept_indices(budget):
+    model = model_of(ats_arch(**budget))
+    with torch.no_grad():
+        model(images(4))
+    masks = kept_tokens(model)
+    assert len(masks) == len(model.last_kept) == 2
+    for mask, pos in zip(masks, model.last_kept):
+        assert mask.shape == (4, 64)
+        for b in range(4):
+            kept = sorted(int(p) - 1 for p in pos[b] if p >= 1)          # patch rows (cls at 0, -1 padding)
+            assert mask[b].nonzero().squeeze(1).tolist() == kept
+    assert masks[1].sum() <= masks[0].sum() < 4 * 64                    # tokens dropped
+    assert (masks[1] <= masks[0]).all()                                 # a dropped token stays dropped
+
+
+def test_token_footprints_after_pooling():
+    two_d = Arch(32, 3, 10, PatchTokenizer(8), (Stage(16, 1, 1.0, ("basic",)), Stage(16, 1, 1.0, ("basic",))),
+                 Pooling("2d", 3), head="cls")                         # 4x4 -> 2x2
+    f = token_footprints(two_d)
+    assert f.shape == (4, 16)
+    assert f[0].nonzero().squeeze(1).tolist() == [0, 1, 4, 5]
+    assert f[3].nonzero().squeeze(1).tolist() == [10, 11, 14, 15]
+    one_d = Arch(32, 3, 10, PatchTokenizer(8), (Stage(16, 1, 1.0, ("basic",)),) * 3, Pooling("1d", 3))
+    f = token_footprints(one_d)                                          # 16 -> 8 -> 4
+    assert f.shape == (4, 16)
+    assert [r.nonzero().squeeze(1).tolist() for r in f] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                                             [12, 13, 14, 15]]
+    assert torch.equal(token_footprints(ats_arch()), torch.eye(64, dtype=torch.bool))
+
+
+def test_cf_regions_equal_the_models_selection():
+    """No image exits (eta 1 > any softmax of 10 classes at init): each image's regions are the top k of its
+    global class attention, computed here from the coarse pass by plain sorting."""
+    model, x = model_of(cf_arch()), images(5)
+    with torch.no_grad():
+        model(x)
+        gca = model.forward_coarse(x).gca                                # (B, 16)
+    regions, exits = coarse_fine_regions(model)
+    assert not exits.any() and regions.shape == (5, 8)
+    for b in range(5):
+        top = sorted(sorted(range(16), key=lambda r: (-float(gca[b, r]), r))[:8])
+        assert regions[b].tolist() == top
+
+
+def test_cf_regions_of_exited_images_are_empty():
+    model, x = model_of(cf_arch()), images(6)
+    with torch.no_grad():
+        conf = model.forward_coarse(x).logits.softmax(-1).amax(-1)
+        s = conf.sort().values
+        model.exit_threshold = float(s[2] + s[3]) / 2                   # three exit, three go fine
+        model(x)
+    regions, exits = coarse_fine_regions(model)
+    assert torch.equal(exits, conf >= model.exit_threshold) and int(exits.sum()) == 3
+    assert (regions[exits] == -1).all()
+    assert (regions[~exits] >= 0).all() and torch.equal(regions[~exits], model.last_regions)
+
+
+# --- search runs ------------------------------------------------------------------------------------------------
+HISTORY = """arch_hash,generation_or_trial,score,loss,macs,params,macs_mean,target_macs,target_params,feasible,seconds,vector
+{h0},0,0.50,1.2,100,10,,1000,100,1,0.1,0-0
+{h1},0,0.70,1.0,200,20,,2000,200,1,0.1,0-1
+{h2},0,0.90,0.8,400,40,,4000,400,0,0.1,1-1
+{h3},1,0.60,1.1,300,30,,3000,300,1,0.1,1-0
+{h4},1,0.80,0.9,250,25,,2500,250,1,0.1,0-2
+{h5},1,0.75,0.9,150,15,,1500,150,1,0.1,2-2
+"""
+
+
+def write_run(run: Path, torn: bool = False) -> None:
+    run.mkdir()
+    text = HISTORY.format(**{f"h{i}": f"{i:016x}" for i in range(6)})
+    (run / "history.csv").write_text(text + ("ffffffffffffffff,2,0.99,0.1,9" if torn else ""))
+    (run / "run.json").write_text('{"budget": {"macs": [0, 3000], "params": null, "on": "worst"}}')
+
+
+def test_search_history_front_and_best_so_far(tmp_path):
+    write_run(tmp_path / "run", torn=True)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    assert len(rows) == 6                                                  # the torn last line is dropped
+    assert best_so_far(rows) == [0.5, 0.7, 0.7, 0.7, 0.8, 0.8]            # row 2 is outside the budget
+    pts = [(float(r["target_macs"]), float(r["score"])) for r in rows if r["feasible"] == "1"]
+    front = pareto_front(pts)
+    dominated = {i for i, (m, s) in enumerate(pts)
+                 if any(m2 <= m and s2 >= s and (m2, s2) != (m, s) for m2, s2 in pts)}  # brute force
+    assert sorted(front) == sorted(set(range(len(pts))) - dominated)
+    assert [pts[i] for i in front] == [(1000, 0.5), (1500, 0.75), (2500, 0.8)]
+
+
+def test_viz_of_a_search_run(tmp_path, capsys):
+    write_run(tmp_path / "run")
+    assert main(["viz", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    out = tmp_path / "run" / "viz"
+    assert capsys.readouterr().out.split() == [str(out / "pareto.png"), str(out / "best_so_far.png")]
+    for p in out.iterdir():
+        check_png(p)
+    (tmp_path / "empty").mkdir()
+    assert main(["viz", str(tmp_path / "empty")]) == 2
+    assert "no history.csv" in capsys.readouterr().err
+
+
+def test_search_history_read_by_column_name(tmp_path):
+    """A history with fewer, reordered columns (no feasible, no target_macs) still plots."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("score,macs,arch_hash\n0.3,5,a\n0.6,7,b\nnan,9,c\n")
+    rows = read_history(run / "history.csv")
+    assert best_so_far(rows)[:2] == [0.3, 0.6] and math.isnan(float(rows[2]["score"]))
+    assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
+    check_png(tmp_path / "o" / "pareto.png")
+
+
+def test_viz_with_supernet_weights(tmp_path, capsys):
+    """--supernet: the arch runs with the trained supernet's weights (a one-epoch run of a tiny PS-ViT space)."""
+    from nas.train import train_supernet
+
+    (tmp_path / "space.yaml").write_text(
+        "name: tiny_ps\ninput: {size: 16, channels: 3}\nnum_classes: 5\n"
+        "tokenizer: {type: progressive, points: 2, iterations: 2}\nhead: cls\n"
+        "stages:\n  - {dim: {choice: [16, 32]}, heads: 2, mlp_ratio: 2, cells: [basic]}\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "seed: 0\nepochs: 1\nbatch_size: 24\noptimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}\n"
+        "label_smoothing: 0.0\ndata: {holdout: 0.25}\ndevice: cpu\n")
+    train_supernet(str(tmp_path / "space.yaml"), data="synthetic:200:5", recipe=str(tmp_path / "recipe.yaml"),
+                   out=tmp_path / "run", progress=False)
+    arch = Arch(16, 3, 5, ProgressiveTokenizer(2, 2), (Stage(16, 2, 2.0, ("basic",)),))
+    save_arch(arch, tmp_path / "a.yaml")
+    code = main(["viz", str(tmp_path / "a.yaml"), "--supernet", str(tmp_path / "run"), "--images", "2",
+                 "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    for b in range(2):
+        check_png(tmp_path / "o" / f"img{b:03d}-sampling.png")
