@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from nas.arch import CELL_LAYERS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer, Stage, Tokenizer
+from nas import shapes
 from nas.errors import NasError
 from nas.shapes import (
     REUSE_RATIO,
@@ -321,3 +322,26 @@ def coarse_fine_cost(arch: Arch) -> Cost:
     params += sum(stage_cost(st, 0, arch.qkv_bias)[1] for st in arch.stages)
     params += head_cost(arch.stages[-1].dim, arch.num_classes)[1]
     return Cost(macs=coarse + fine, params=params, macs_min=coarse, macs_max=coarse + fine)
+
+
+def training_floats_floor(arch: Arch) -> int:
+    """A lower bound on the activations one image keeps for the backward pass of a training step, in floats.
+
+    Per layer with N tokens, width C, MLP hidden H and h heads, autograd must keep at least the attention
+    probabilities (h N^2, absent in sharing layers' own softmax but kept by the map's owner), the inputs of
+    the four linear maps (qkv, proj, fc1, fc2: N (2C + 2H) counting fc1's output through GELU once) and the two
+    LayerNorm inputs (2 N C). Everything else (tokenizer, softmax inputs, dropout masks, optimizer state) is
+    left out, so the true need is higher: this only ever refuses a recipe that certainly cannot fit.
+    CF-ViT counts its fine pass (the longer one).
+    """
+    tok = arch.tokenizer
+    tokens = ([shapes.fine_len(tok.coarse_grid, shapes.num_regions(tok.coarse_grid, tok.alpha))] * len(arch.stages)
+              if isinstance(tok, CoarseFineTokenizer) else shapes.stage_tokens(arch))
+    floats = 0
+    for n, st in zip(tokens, arch.stages):
+        c, h = st.dim, st.hidden
+        per_layer = n * (4 * c + 2 * h)
+        layers = st.num_layers
+        owners = sum(1 for kind in st.cells if kind != "identity")  # one map per basic cell or shared pair
+        floats += layers * per_layer + owners * st.heads * n * n
+    return floats

@@ -109,3 +109,21 @@ def check_model_size(macs: int, params: int, what: str, file: str | None = None)
     if macs > MAX_MACS:
         raise NasError(f"{what} needs {macs:.3g} MACs per image, above the limit of {MAX_MACS:.0e}; lower "
                        f"input.size, dim or depth, or raise patch_size", file=file)
+
+
+def check_training_memory(floats_per_image: int, params: int, batch_size: int, what: str,
+                          file: str | None = None, key: str = "batch_size") -> None:
+    """Refuse, before anything is allocated, a training recipe that certainly cannot fit in this machine's memory.
+
+    ``floats_per_image`` is ``nas.cost.training_floats_floor`` of the largest arch (a lower bound); weights,
+    gradients and two optimizer moments add 4 floats per parameter. Only a certain failure is refused: the true
+    need is higher than this floor, so a recipe that passes may still need less batch to run comfortably.
+    """
+    memory = physical_memory()
+    need = (batch_size * floats_per_image + 4 * params) * BYTES_PER_PARAM
+    if memory is not None and need > memory:
+        fits = max((memory // BYTES_PER_PARAM - 4 * params) // max(floats_per_image, 1), 0)
+        raise NasError(f"batch_size {batch_size} needs at least {_bytes(need)} of memory to train {what}, more than "
+                       f"the {_bytes(memory)} of this machine; use batch_size {fits} or less, a smaller input "
+                       f"size (space_overrides), or a recipe made for this machine (recipes/cpu_supernet.yaml for "
+                       f"the built-in data)", file=file, key=key)

@@ -52,10 +52,10 @@ import torch
 from torch import nn
 
 from nas.arch import Arch
-from nas.cost import cost
+from nas.cost import cost, training_floats_floor
 from nas.data import DataSplits, load_data, make_loader
 from nas.errors import NasError
-from nas.limits import check_model_size
+from nas.limits import check_model_size, check_training_memory
 from nas.models.objective import training_loss
 from nas.space import SearchSpace, load_space
 from nas.train import checkpoint as ck
@@ -396,8 +396,10 @@ def train_supernet(space: str | os.PathLike, data: str = "builtin",
     space_file = str(space)
     sp, splits, overrides = resolve(space_file, data, rc)
     bounds = sp.cost_bounds()  # before anything is allocated or written
-    check_model_size(bounds["max_macs"], bounds["max_params"], "the largest arch of the space"
-                     + (" (with the recipe's space_overrides)" if rc.space_overrides else ""), file=space_file)
+    largest = "the largest arch of the space" + (" (with the recipe's space_overrides)" if rc.space_overrides else "")
+    check_model_size(bounds["max_macs"], bounds["max_params"], largest, file=space_file)
+    check_training_memory(training_floats_floor(sp.extreme_archs()["max_macs"]), bounds["max_params"],
+                          rc.batch_size, largest, file=rc.file)
     run = Path(out) if out is not None else default_out(sp)
     with RunLock(run):
         record = splits.split_record()
