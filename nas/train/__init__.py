@@ -1,12 +1,18 @@
-"""Training: SPOS supernet training with resumable atomic checkpoints (``train_supernet``), recipes.
+"""Training: one loop (``loop``) for SPOS supernets (``train_supernet``) and retraining one arch (``retrain``).
 
-    from nas.train import train_supernet
+    from nas.train import retrain, train_supernet
     result = train_supernet("spaces/psvit_tiny.yaml", data="builtin", recipe="recipes/demo.yaml")
+    result = retrain("runs/search/best.yaml", data="builtin")   # recipes/retrain_cpu.yaml on the built-in data
 
-Modules: ``recipe`` (validated YAML recipes), ``sampler`` (which path trains each step), ``checkpoint``
-(atomic, pickle-free checkpoints), ``rundir`` (run.json, lock, CSV log), ``spos`` (the trainer).
+Modules: ``recipe`` (validated YAML recipes, default recipe per job and data), ``loop`` (the generic trainer:
+optimiser, schedule, checkpoints, exact resume, signals, logs), ``sampler`` (which path trains each SPOS step),
+``checkpoint`` (atomic, pickle-free checkpoints), ``rundir`` (run.json, lock, CSV log, for every job), ``spos``
+(what is particular to supernets), ``retrain`` (what is particular to one arch).
 """
-from nas.train.recipe import Recipe, load_recipe
-from nas.train.spos import SposTrainer, TrainResult, TrainState, train_supernet
+from nas.train.loop import Trainer, TrainResult, TrainState
+from nas.train.recipe import Recipe, default_recipe, load_recipe
+from nas.train.retrain import RetrainResult, retrain
+from nas.train.spos import SposTrainer, train_supernet
 
-__all__ = ["Recipe", "load_recipe", "SposTrainer", "TrainResult", "TrainState", "train_supernet"]
+__all__ = ["Recipe", "load_recipe", "default_recipe", "Trainer", "SposTrainer", "TrainResult", "TrainState",
+           "train_supernet", "retrain", "RetrainResult"]

@@ -11,14 +11,19 @@ Keys (all optional; defaults in brackets)::
     description: str
     seed: int >= 0                  # [0] model init, data split and order, arch sampling, augmentation
     epochs: int >= 1                # [100]
-    batch_size: int >= 1            # [1024] images per optimiser step (no lr scaling is applied)
+    batch_size: int >= 1            # [1024] images per optimiser step (the global batch, over all workers)
     optimizer:  {name: sgd | adamw [sgd], lr > 0 [0.2], weight_decay >= 0 [1e-4],
-                 momentum in [0, 1) [0.9] and nesterov [true] (sgd only), betas [[0.9, 0.999]], eps (adamw only)}
+                 momentum in [0, 1) [0.9] and nesterov [true] (sgd only), betas [[0.9, 0.999]], eps (adamw only),
+                 lr_base_batch: int >= 1 or null [null], lr_scaling: linear | sqrt [linear]}
+                                    # with lr_base_batch, lr is per lr_base_batch images: the lr used is
+                                    # lr * batch_size / lr_base_batch (linear; DeiT's 5e-4 x batch/512) or its sqrt
     schedule:   {name: cosine | none [cosine], min_lr [0], warmup_epochs [0], warmup_lr [1e-6]}
     label_smoothing: [0, 1)         # [0.1]
     drop_path: [0, 1)               # [0] stochastic depth of the last layer, linear from 0 over the layers
     coarse_fine: {warmup_fraction [2/3]: in [0, 1]}   # CF-ViT: share of training with all fine tokens
     mixup:      {mixup_alpha [0], cutmix_alpha [0], prob [1], switch_prob [0.5]}   # off when both alphas are 0
+    augment:    {auto_augment: str or null [null], color_jitter >= 0 [0.4], re_prob in [0, 1] [0],
+                 interpolation: bilinear | bicubic [bilinear]}   # ImageFolder training images (timm create_transform)
     sampler:    {type: uniform | flops_bins [uniform], bins [10], max_tries [100]}
     data:       {holdout [0.1], limit [null]: int or {train, search, val}, num_workers [0]}
     grad_clip: >= 0                 # [0 = off] max global gradient norm
@@ -36,6 +41,14 @@ Decisions where the papers are silent:
 - ``coarse_fine.warmup_fraction`` applies to CF-ViT archs only: the share of optimiser steps, from the start,
   whose fine pass runs on all fine tokens (CF-ViT's warm-up, 2/3 in the paper); region selection after that.
   1 keeps the warm-up to the end, 0 skips it. See docs/decisions.md.
+- ``augment`` is the training transform of ImageFolder data, built with timm's ``create_transform``
+  (random resized crop, flip, colour jitter, ``auto_augment`` such as RandAugment ``rand-m9-mstd0.5-inc1``,
+  random erasing ``re_prob``); its defaults are ``nas.data``'s own training transform. In-memory data (builtin,
+  synthetic) is never augmented: the trainer says so on stderr when a recipe asks for augmentation there. An
+  ``auto_augment`` string is checked by building it with timm, so a typo fails at load time with the line.
+- ``lr_base_batch`` (timm's ``lr_base_size``) states ``lr`` for a reference batch; the lr used follows
+  ``batch_size``, the global batch, so the same recipe on more workers or GPUs needs no edit.
+- ``sampler`` applies to supernet training only; a retraining trains its one arch.
 - Mixup/CutMix needs an even batch size (timm's rule), checked here so the error names the recipe line.
 - The recipe hash (``Recipe.hash``) covers every key but ``name`` and ``description``: a run directory refuses to
   resume under a recipe whose hash differs, even for keys that do not change the numbers (``num_workers``).
@@ -65,13 +78,24 @@ class OptimizerCfg:
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    lr_base_batch: int | None = None
+    lr_scaling: str = "linear"
 
-    def timm_kwargs(self) -> dict[str, Any]:
-        """Arguments of ``timm.optim.create_optimizer_v2`` (timm's 'sgd' is Nesterov, 'momentum' is not)."""
+    def scaled_lr(self, batch_size: int) -> float:
+        """The lr used at ``batch_size`` images per step: ``lr`` itself, or scaled from ``lr_base_batch``."""
+        if self.lr_base_batch is None:
+            return self.lr
+        ratio = batch_size / self.lr_base_batch
+        return self.lr * (ratio if self.lr_scaling == "linear" else ratio ** 0.5)
+
+    def timm_kwargs(self, batch_size: int | None = None) -> dict[str, Any]:
+        """Arguments of ``timm.optim.create_optimizer_v2`` (timm's 'sgd' is Nesterov, 'momentum' is not), with the
+        lr scaled to ``batch_size`` when given."""
+        lr = self.lr if batch_size is None else self.scaled_lr(batch_size)
         if self.name == "sgd":
-            return {"opt": "sgd" if self.nesterov else "momentum", "lr": self.lr,
+            return {"opt": "sgd" if self.nesterov else "momentum", "lr": lr,
                     "weight_decay": self.weight_decay, "momentum": self.momentum}
-        return {"opt": self.name, "lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas,
+        return {"opt": self.name, "lr": lr, "weight_decay": self.weight_decay, "betas": self.betas,
                 "eps": self.eps}
 
 
@@ -93,6 +117,19 @@ class MixupCfg:
     @property
     def active(self) -> bool:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+@dataclass(frozen=True)
+class AugmentCfg:
+    auto_augment: str | None = None
+    color_jitter: float = 0.4
+    re_prob: float = 0.0
+    interpolation: str = "bilinear"
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``timm.data.create_transform(..., is_training=True)``."""
+        return {"auto_augment": self.auto_augment, "color_jitter": self.color_jitter, "re_prob": self.re_prob,
+                "interpolation": self.interpolation}
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,7 @@ class Recipe:
     drop_path: float = 0.0
     coarse_fine: CoarseFineCfg = field(default_factory=CoarseFineCfg)
     mixup: MixupCfg = MixupCfg()
+    augment: AugmentCfg = AugmentCfg()
     sampler: SamplerCfg = SamplerCfg()
     data: DataCfg = DataCfg()
     grad_clip: float = 0.0
@@ -155,6 +193,10 @@ class Recipe:
         if not d["description"]:
             d.pop("description")
         d["optimizer"]["betas"] = list(self.optimizer.betas)
+        if self.optimizer.lr_base_batch is None:
+            d["optimizer"].pop("lr_base_batch"), d["optimizer"].pop("lr_scaling")
+        if self.augment == AugmentCfg():  # recipes from before the key hash as they did
+            d.pop("augment")
         unused_keys = (("optimizer", "name", {"sgd": ("betas", "eps"), "adamw": ("momentum", "nesterov")}),
                        ("schedule", "name", {"none": ("min_lr", "warmup_epochs", "warmup_lr")}),
                        ("sampler", "type", {"uniform": ("bins", "max_tries")}))
@@ -167,10 +209,29 @@ class Recipe:
         """The training options ``nas.models.build_model`` (and ``Supernet``) take from a recipe."""
         return {"drop_path": self.drop_path, "coarse_fine_warmup": self.coarse_fine.warmup_fraction}
 
+    @property
+    def lr(self) -> float:
+        """The lr used (``optimizer.lr`` scaled to ``batch_size`` when ``optimizer.lr_base_batch`` is set)."""
+        return self.optimizer.scaled_lr(self.batch_size)
+
     def hash(self) -> str:
         d = self.to_dict()
         d.pop("name"), d.pop("description", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    def overridden(self, load: Callable[..., Any], path: str, overrides: dict[str, Any]) -> Any:
+        """``load(path, overrides=overrides)`` (``load_space``, ``load_arch``); an error caused by one of the recipe's
+        ``space_overrides`` points at the recipe's line, a fault of the file itself is reported as such."""
+        try:
+            return load(path, overrides=overrides)
+        except NasError as e:
+            if not self.space_overrides:
+                raise
+            load(path)  # a fault of the file itself is reported as such
+            key = e.key if e.key in self.space_overrides else None
+            where = f"space_overrides.{key}" if key else "space_overrides"
+            what = f"{'' if key else f'{e.key}: '}{e.message} (in {path} with the recipe's overrides)"
+            raise self.error(where, what) from None
 
     def error(self, key: str, message: str) -> NasError:
         """An error located at ``key`` of the recipe file (or at the nearest parent key that has a line)."""
@@ -215,16 +276,21 @@ class _Lines:
 def _optimizer(r: Reader) -> OptimizerCfg:
     d = OptimizerCfg()
     name = r.take("name", one_of("sgd", "adamw"), d.name)
+    scaling = ("lr_base_batch", "lr_scaling")
     if name == "sgd":
-        r.allow("name", "lr", "weight_decay", "momentum", "nesterov")
+        r.allow("name", "lr", "weight_decay", "momentum", "nesterov", *scaling)
     else:
-        r.allow("name", "lr", "weight_decay", "betas", "eps")
+        r.allow("name", "lr", "weight_decay", "betas", "eps", *scaling)
     betas = r.take("betas", _betas, d.betas)
+    base = r.take("lr_base_batch", lambda n: None if n.value is None else integer(1)(n), None)
+    if base is None and r.has("lr_scaling"):
+        raise r.left["lr_scaling"].error("lr_scaling needs lr_base_batch (the batch size lr is stated for)")
     out = OptimizerCfg(name, r.take("lr", number(0.0, lo_open=True), d.lr),
                        r.take("weight_decay", number(0.0), d.weight_decay),
                        r.take("momentum", _below(number(0.0), 1.0), d.momentum),
                        r.take("nesterov", boolean, d.nesterov), betas,
-                       r.take("eps", number(0.0, lo_open=True), d.eps))
+                       r.take("eps", number(0.0, lo_open=True), d.eps), base,
+                       r.take("lr_scaling", one_of("linear", "sqrt"), d.lr_scaling))
     r.done()
     return out
 
@@ -252,6 +318,35 @@ def _mixup(r: Reader) -> MixupCfg:
     out = MixupCfg(r.take("mixup_alpha", number(0.0), d.mixup_alpha),
                    r.take("cutmix_alpha", number(0.0), d.cutmix_alpha),
                    r.take("prob", number(0.0, 1.0), d.prob), r.take("switch_prob", number(0.0, 1.0), d.switch_prob))
+    r.done()
+    return out
+
+
+def _auto_augment(n: Node) -> str | None:
+    """A timm auto-augment string, checked by building it the way ``create_transform`` does."""
+    if n.value is None:
+        return None
+    config = text(n)
+    from timm.data.auto_augment import (augment_and_mix_transform, auto_augment_transform,
+                                        rand_augment_transform)
+
+    build = (rand_augment_transform if config.startswith("rand") else augment_and_mix_transform
+             if config.startswith("augmix") else auto_augment_transform)
+    try:
+        build(config, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except Exception as e:  # timm raises AssertionError, KeyError or ValueError on a malformed string
+        raise n.error(f"timm cannot build auto_augment {config!r} ({type(e).__name__}: {e}); allowed: "
+                      f"'rand-m9-mstd0.5-inc1' (RandAugment), 'augmix-m5-w4-d2', 'original', 'v0', "
+                      f"or null") from None
+    return config
+
+
+def _augment(r: Reader) -> AugmentCfg:
+    d = AugmentCfg()
+    r.allow("auto_augment", "color_jitter", "re_prob", "interpolation")
+    out = AugmentCfg(r.take("auto_augment", _auto_augment, d.auto_augment),
+                     r.take("color_jitter", number(0.0), d.color_jitter), r.take("re_prob", number(0.0, 1.0), d.re_prob),
+                     r.take("interpolation", one_of("bilinear", "bicubic"), d.interpolation))
     r.done()
     return out
 
@@ -311,7 +406,8 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
     """Validate a recipe Node tree (see the module docstring for the keys)."""
     r = Reader(root, "a recipe").allow(
         "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing",
-        "drop_path", "coarse_fine", "mixup", "sampler", "data", "grad_clip", "checkpoint", "device", "space_overrides")
+        "drop_path", "coarse_fine", "mixup", "augment", "sampler", "data", "grad_clip", "checkpoint", "device",
+        "space_overrides")
     d = Recipe()
     lines = _Lines()
     lines.walk(root)
@@ -324,7 +420,8 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
         label_smoothing=r.take("label_smoothing", _below(number(0.0), 1.0), d.label_smoothing),
         drop_path=r.take("drop_path", _below(number(0.0), 1.0), d.drop_path),
         coarse_fine=_section(r, "coarse_fine", _coarse_fine, d.coarse_fine),
-        mixup=_section(r, "mixup", _mixup, d.mixup), sampler=_section(r, "sampler", _sampler, d.sampler),
+        mixup=_section(r, "mixup", _mixup, d.mixup), augment=_section(r, "augment", _augment, d.augment),
+        sampler=_section(r, "sampler", _sampler, d.sampler),
         data=_section(r, "data", _data, d.data), grad_clip=r.take("grad_clip", number(0.0), d.grad_clip),
         checkpoint=_section(r, "checkpoint", _checkpoint, d.checkpoint),
         device=r.take("device", one_of("auto", "cpu", "cuda"), d.device),
@@ -340,8 +437,9 @@ def _check(rc: Recipe) -> None:
     s = rc.schedule
     if s.warmup_epochs >= rc.epochs:
         raise rc.error("schedule.warmup_epochs", f"warmup_epochs {s.warmup_epochs} must be below epochs {rc.epochs}")
-    if s.min_lr > rc.optimizer.lr:
-        raise rc.error("schedule.min_lr", f"min_lr {s.min_lr} is above the optimizer lr {rc.optimizer.lr}")
+    if s.min_lr > rc.lr:
+        scaled = f" (scaled to batch_size {rc.batch_size})" if rc.optimizer.lr_base_batch else ""
+        raise rc.error("schedule.min_lr", f"min_lr {s.min_lr} is above the optimizer lr {rc.lr:.6g}{scaled}")
     if rc.mixup.active and rc.batch_size % 2:
         raise rc.error("batch_size", f"mixup/cutmix needs an even batch_size (timm mixes the batch with its "
                                      f"flipped self), got {rc.batch_size}")
@@ -352,3 +450,23 @@ def load_recipe(path: str | os.PathLike | None) -> Recipe:
     if path is None:
         return Recipe()
     return parse_recipe(load_nodes(path), Path(path).stem)
+
+
+# --- default recipes ------------------------------------------------------------------------------------
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+"""The shipped recipes (``recipes/`` of the source tree)."""
+BUILTIN_DATA = ("builtin", "mnist")
+
+
+def default_recipe(job: str, data: str) -> Path | None:
+    """The recipe a ``job`` (``supernet`` or ``retrain``) uses on ``data`` when none is given: the CPU recipe on the
+    built-in data, else the paper's (None: ``Recipe()``, the PSViT supernet recipe; ``retrain_deit.yaml``)."""
+    builtin = str(data).strip().lower() in BUILTIN_DATA
+    if job == "supernet":
+        if not builtin:
+            return None
+        cpu = RECIPES / "cpu_supernet.yaml"
+        return cpu if cpu.exists() else RECIPES / "demo.yaml"
+    if job == "retrain":
+        return RECIPES / ("retrain_cpu.yaml" if builtin else "retrain_deit.yaml")
+    raise ValueError(f"unknown job {job!r}; allowed: supernet, retrain")

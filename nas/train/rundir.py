@@ -1,23 +1,26 @@
-"""The run directory of a supernet training: what it was started with, a lock, and the per-step CSV log.
+"""The run directory of a training job (supernet or retraining): what it was started with, a lock, the CSV log.
 
 ``<run>/``::
 
-    run.json          format, space (name, file, hash), recipe (name, file, hash), data (spec, split digests),
-                      overrides applied to the space; written last when a run is committed, then never changed
+    run.json          format, the subject (``space`` of a supernet or ``arch`` of a retraining: name, file, hash),
+                      recipe (name, file, hash), data (spec, split digests), overrides applied to the subject;
+                      written last when a run is committed, then never changed
     space.yaml        the resolved space (recipe overrides and num_classes applied): ``load_space`` reads it back
-                      with the same hash
+                      with the same hash (supernet runs; a retraining writes ``arch.yaml``, read by ``load_arch``)
     recipe.yaml       the resolved recipe (every key, defaults filled in)
     data_split.json   ``DataSplits.split_record()``: the split members and digests
     train_log.csv     one row per optimiser step (``LOG_COLUMNS``)
     train.log         human-readable epoch summaries, appended
     checkpoints/      see ``nas.train.checkpoint``
-    supernet.safetensors   the final weights, once training completes
+    supernet.safetensors   the final weights, once training completes (a retraining: final.safetensors,
+                      metrics.json)
     .lock             held (flock) while a process trains here
 
 ``load_supernet_run(run)`` reads a finished run back (``SupernetRun``: resolved space, recipe, data spec and the
 supernet with its final weights) for evaluation and search.
 
-Re-running on a directory compares the space hash, the recipe hash and the data split digests with run.json and
+One module serves every job: ``RunSpec`` (run.json plus the resolved files) is all that differs. Re-running on a
+directory compares the format, the subject's hash, the recipe hash and the data split digests with run.json and
 refuses (``NasError``, exit 2) on any difference. The CSV is cut back to the resumed checkpoint's step before new
 rows are appended, so a resumed run has each step exactly once.
 
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from nas.data import DataSplits
 
 RUN_FORMAT = "nas-supernet-run/1"
+RETRAIN_FORMAT = "nas-retrain-run/1"
 LOG_COLUMNS = ("epoch", "step", "loss", "acc", "lr", "img_per_s", "arch", "macs")
 """``epoch`` 1-based; ``step`` the global optimiser step, 1-based; ``loss``/``acc`` of that step's batch (acc
 against the un-mixed labels); ``lr`` used by that step; ``img_per_s`` over that step including data loading;
@@ -99,32 +103,74 @@ class RunLock:
         os.close(self.fd)  # releases the flock
 
 
-def run_info(space: SearchSpace, space_file: str, recipe: Recipe, data_record: dict,
-             overrides: dict[str, Any]) -> dict[str, Any]:
-    return {"format": RUN_FORMAT,
-            "space": {"name": space.name, "file": space_file, "hash": space.hash},
+@dataclass(frozen=True)
+class RunSpec:
+    """What a job is started with and refuses to change: ``info`` (run.json) and the resolved ``files`` written
+    next to it (name -> text). ``subject`` is the key of ``info`` naming what is trained (``space`` or ``arch``)."""
+    info: dict[str, Any]
+    files: dict[str, str]
+    subject: str
+
+    @property
+    def format(self) -> str:
+        return self.info["format"]
+
+    def required(self) -> tuple[str, ...]:
+        return tuple(k.replace("space.", f"{self.subject}.") for k in RUN_KEYS)
+
+
+def _spec(fmt: str, subject: str, name: str, file: str, hash: str, resolved: str, recipe: Recipe,
+          data_record: dict, overrides: dict[str, Any]) -> RunSpec:
+    info = {"format": fmt, subject: {"name": name, "file": file, "hash": hash},
             "recipe": {"name": recipe.name, "file": recipe.file, "hash": recipe.hash()},
             "data": {"spec": data_record["spec"], "sha256": data_record["sha256"]},
-            "space_overrides": overrides}
+            "space_overrides": overrides}  # the recipe's key, for spaces and arch files alike
+    head = f"# resolved {subject} {name}, hash {hash}, from {file}"
+    if overrides:
+        head += f" with overrides {json.dumps(overrides)}"
+    files = {f"{subject}.yaml": head + "\n" + resolved,
+             "recipe.yaml": f"# resolved recipe, hash {recipe.hash()}\n" + yaml.safe_dump(recipe.to_dict(), sort_keys=False),
+             "data_split.json": json.dumps(data_record)}
+    return RunSpec(info, files, subject)
 
 
-def commit(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe, data_record: dict) -> None:
+def supernet_spec(space: SearchSpace, space_file: str, recipe: Recipe, data_record: dict,
+                  overrides: dict[str, Any]) -> RunSpec:
+    """The run of a supernet of ``space`` (resolved: recipe overrides and num_classes applied)."""
+    return _spec(RUN_FORMAT, "space", space.name, space_file, space.hash,
+                 yaml.safe_dump(space.template(), sort_keys=False), recipe, data_record, overrides)
+
+
+def retrain_spec(arch: Arch, arch_file: str, recipe: Recipe, data_record: dict, overrides: dict[str, Any],
+                 init: str) -> RunSpec:
+    """The run of a retraining of ``arch`` (resolved: recipe overrides and num_classes applied); ``init`` is part
+    of what it was started with (``scratch`` or ``inherited``)."""
+    from nas.space import arch_yaml
+
+    spec = _spec(RETRAIN_FORMAT, "arch", arch.name or arch.hash(), arch_file, arch.hash(), arch_yaml(arch), recipe,
+                 data_record, overrides)
+    spec.info["init"] = init
+    return spec
+
+
+def run_info(space: SearchSpace, space_file: str, recipe: Recipe, data_record: dict,
+             overrides: dict[str, Any]) -> dict[str, Any]:
+    """run.json of a supernet run (``supernet_spec(...).info``)."""
+    return supernet_spec(space, space_file, recipe, data_record, overrides).info
+
+
+def commit(run: Path, spec: RunSpec) -> None:
     """Write what the run was started with, run.json last (the commit point); nothing if it is committed."""
     meta = run / "run.json"
     if meta.exists():
         return
-    head = f"# resolved space {space.name}, hash {space.hash}, from {info['space']['file']}"
-    if info["space_overrides"]:
-        head += f" with overrides {json.dumps(info['space_overrides'])}"
-    atomic_write(run / "space.yaml", head + "\n" + yaml.safe_dump(space.template(), sort_keys=False))
-    atomic_write(run / "recipe.yaml", f"# resolved recipe, hash {recipe.hash()}\n"
-                 + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    atomic_write(run / "data_split.json", json.dumps(data_record))
-    atomic_write(meta, json.dumps(info, indent=1))  # last: marks a complete start
+    for name, text in spec.files.items():
+        atomic_write(run / name, text)
+    atomic_write(meta, json.dumps(spec.info, indent=1))  # last: marks a complete start
 
 
-def _missing_key(old: dict[str, Any]) -> str | None:
-    for key in RUN_KEYS:
+def _missing_key(old: dict[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> str | None:
+    for key in keys:
         node: Any = old
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -133,30 +179,30 @@ def _missing_key(old: dict[str, Any]) -> str | None:
     return None
 
 
-def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe, data_record: dict,
-            resume: bool, commit_now: bool = True) -> bool:
-    """Check ``run`` against ``info`` (returns True: an existing run) or, for a new run, ``commit`` it at once
+def prepare(run: Path, spec: RunSpec, resume: bool, commit_now: bool = True) -> bool:
+    """Check ``run`` against ``spec`` (returns True: an existing run) or, for a new run, ``commit`` it at once
     (``commit_now``) or leave it untouched for a later ``commit`` (returns False)."""
-    meta = run / "run.json"
+    meta, info, fmt = run / "run.json", spec.info, spec.format
     check_folder(run)
     if not meta.exists():
         if resume:
             raise NasError("--resume: nothing to resume here (no run.json); drop --resume to start a new run",
                            file=str(run))
         if commit_now:
-            commit(run, info, space, recipe, data_record)
+            commit(run, spec)
         return False
     try:
         old = json.loads(meta.read_text())
     except (OSError, ValueError):
         old = None
-    if not isinstance(old, dict) or old.get("format") != RUN_FORMAT:
-        raise NasError(f"not a {RUN_FORMAT} run file; use another --out", file=str(meta))
-    missing = _missing_key(old)
+    if not isinstance(old, dict) or old.get("format") != fmt:
+        was = f" (it is a {old['format']} run)" if isinstance(old, dict) and isinstance(old.get("format"), str) else ""
+        raise NasError(f"not a {fmt} run file{was}; use another --out", file=str(meta))
+    missing = _missing_key(old, spec.required())
     if missing:
-        raise NasError(f"run.json has no {missing!r}: not a complete {RUN_FORMAT} run file (edited by hand?); "
+        raise NasError(f"run.json has no {missing!r}: not a complete {fmt} run file (edited by hand?); "
                        f"use another --out, or delete the run directory to start over", file=str(meta), key=missing)
-    for what in ("space", "recipe"):
+    for what in (spec.subject, "recipe"):
         was, now = old[what]["hash"], info[what]["hash"]
         if was != now:
             raise NasError(f"cannot resume: this run was started with {what} hash {was} (from "
@@ -167,6 +213,9 @@ def prepare(run: Path, info: dict[str, Any], space: SearchSpace, recipe: Recipe,
         raise NasError(f"cannot resume: this run was started on data {old['data']['spec']!r} split differently (now "
                        f"{info['data']['spec']!r}: other images, seed, holdout or limit); use the original --data "
                        f"or another --out", file=str(meta), key="data.sha256")
+    if old.get("init") != info.get("init"):
+        raise NasError(f"cannot resume: this run was started with --init {old.get('init')}, now --init "
+                       f"{info.get('init')}; use the original --init or another --out", file=str(meta), key="init")
     return True
 
 
