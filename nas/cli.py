@@ -166,9 +166,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
           + f"  {e.seconds:.2f} s")
 
 
+def _recipe(args: argparse.Namespace, job: str) -> str | None:
+    """``--recipe``, else the default for the job and ``--data`` (``nas.train.recipe.default_recipe``), said on stderr."""
+    from nas.train.recipe import default_recipe
+    if args.recipe is not None:
+        return args.recipe
+    path = default_recipe(job, args.data)
+    if path is not None:
+        print(f"nas: recipe {path} (the default for {job} on --data {args.data}; --recipe to change)", file=sys.stderr)
+    return None if path is None else str(path)
+
+
 def cmd_train_supernet(args: argparse.Namespace) -> None:
     from nas.train import train_supernet
-    r = train_supernet(args.space, data=args.data, recipe=args.recipe, out=args.out, resume=args.resume)
+    r = train_supernet(args.space, data=args.data, recipe=_recipe(args, "supernet"), out=args.out, resume=args.resume)
     print(f"{r.weights}  {r.steps} steps over {r.epochs} epochs, {r.seconds:.1f} s, {r.images_per_s:.0f} img/s"
           + (f", resumed from step {r.resumed_from}" if r.resumed_from is not None else ""))
 
@@ -177,6 +188,16 @@ def cmd_viz(args: argparse.Namespace) -> None:
     from nas.viz import viz
     for path in viz(args.target, args.out, args.data, args.images, args.weights, args.supernet, args.seed):
         print(path)
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from nas.train import retrain
+    r = retrain(args.arch, data=args.data, recipe=_recipe(args, "retrain"), out=args.out, init=args.init,
+                resume=args.resume)
+    print(f"{r.weights}  val top-1 {r.val_top1:.4f} on {r.val_images} images"
+          + (f"  mean MACs {human(r.macs_mean)}" if r.macs_mean is not None else "")
+          + f"  ({r.steps} steps over {r.epochs} epochs, {r.seconds:.1f} s"
+          + (f", resumed from step {r.resumed_from})" if r.resumed_from is not None else ")"))
 
 
 # --- parser -------------------------------------------------------------------------------------------
@@ -228,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("space", type=path_arg)
     t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]] or an "
                    "ImageFolder root with train/ and val/")
-    t.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: the PSViT supernet recipe, "
-                   "recipes/spos_supernet.yaml)")
+    t.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: the CPU recipe on --data builtin, "
+                   "else the PSViT supernet recipe, recipes/spos_supernet.yaml)")
     t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
     t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     t.set_defaults(func=cmd_train_supernet)
@@ -244,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     vz.add_argument("--supernet", metavar="RUN_DIR", help="use this trained supernet's weights sliced for the arch")
     vz.add_argument("--seed", type=int, default=0)
     vz.set_defaults(func=cmd_viz)
+
+    r = sub.add_parser("retrain", help="train an exported arch from scratch or its inherited weights (resumable)")
+    r.add_argument("arch", type=path_arg, help="arch file (e.g. a search's best.yaml)")
+    r.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]] or an ImageFolder root")
+    r.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: recipes/retrain_cpu.yaml on "
+                   "--data builtin, else recipes/retrain_deit.yaml)")
+    r.add_argument("--out", type=path_arg, help="run directory (default runs/<arch name or hash>-retrain); re-running resumes")
+    r.add_argument("--init", choices=("scratch", "inherited"), default="scratch", help="inherited: start from the "
+                   "weights exported next to the arch file (<stem>.safetensors, or <stem>.proxy.yaml + .safetensors)")
+    r.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
+    r.set_defaults(func=cmd_retrain)
     return p
 
 

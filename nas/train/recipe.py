@@ -29,7 +29,10 @@ Keys (all optional; defaults in brackets)::
     grad_clip: >= 0                 # [0 = off] max global gradient norm
     checkpoint: {every_steps [0 = epoch ends only], keep [2]}
     device: auto | cpu | cuda       # [auto]
-    space_overrides: {key.path: value, ...}   # applied to the space file (nas.space.load_space overrides)
+    space_overrides: {key.path: value, ...}   # applied to the space file (nas.space.load_space overrides), or
+                                    # to the arch file of a retraining (fixed values only)
+    width_multiplier: (0, 16]       # [1] retraining only: every stage's dim times this, rounded to a multiple of
+                                    # its heads (after space_overrides)
 
 Decisions where the papers are silent:
 
@@ -49,6 +52,10 @@ Decisions where the papers are silent:
 - ``lr_base_batch`` (timm's ``lr_base_size``) states ``lr`` for a reference batch; the lr used follows
   ``batch_size``, the global batch, so the same recipe on more workers or GPUs needs no edit.
 - ``sampler`` applies to supernet training only; a retraining trains its one arch.
+- ``width_multiplier`` (MobileNet's rule, for arch files): it narrows any arch while keeping the differences a
+  search chose between its stages (a target's 256 and 288 stay 64 and 72 at 0.25), which fixed ``space_overrides``
+  of the widths would erase. Stage ``i`` gets ``max(1, round(dim_i * m / heads_i)) * heads_i``. A supernet recipe
+  narrows its space with ``space_overrides`` instead (its widths may be choices); it refuses the key.
 - Mixup/CutMix needs an even batch size (timm's rule), checked here so the error names the recipe line.
 - The recipe hash (``Recipe.hash``) covers every key but ``name`` and ``description``: a run directory refuses to
   resume under a recipe whose hash differs, even for keys that do not change the numbers (``num_workers``).
@@ -183,6 +190,7 @@ class Recipe:
     checkpoint: CheckpointCfg = CheckpointCfg()
     device: str = "auto"
     space_overrides: dict[str, Any] = field(default_factory=dict)
+    width_multiplier: float = 1.0
     file: str | None = field(default=None, compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -197,6 +205,8 @@ class Recipe:
             d["optimizer"].pop("lr_base_batch"), d["optimizer"].pop("lr_scaling")
         if self.augment == AugmentCfg():  # recipes from before the key hash as they did
             d.pop("augment")
+        if self.width_multiplier == 1.0:
+            d.pop("width_multiplier")
         unused_keys = (("optimizer", "name", {"sgd": ("betas", "eps"), "adamw": ("momentum", "nesterov")}),
                        ("schedule", "name", {"none": ("min_lr", "warmup_epochs", "warmup_lr")}),
                        ("sampler", "type", {"uniform": ("bins", "max_tries")}))
@@ -407,7 +417,7 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
     r = Reader(root, "a recipe").allow(
         "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing",
         "drop_path", "coarse_fine", "mixup", "augment", "sampler", "data", "grad_clip", "checkpoint", "device",
-        "space_overrides")
+        "space_overrides", "width_multiplier")
     d = Recipe()
     lines = _Lines()
     lines.walk(root)
@@ -426,6 +436,7 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
         checkpoint=_section(r, "checkpoint", _checkpoint, d.checkpoint),
         device=r.take("device", one_of("auto", "cpu", "cuda"), d.device),
         space_overrides=r.take("space_overrides", _overrides, {}),
+        width_multiplier=r.take("width_multiplier", number(0.0, 16.0, lo_open=True), 1.0),
         file=root.file, lines=lines.lines)
     r.done()
     _check(recipe)

@@ -10,9 +10,11 @@ image executed on those images is measured (``nas.measure`` protocol, eval mode:
 at inference). ``<run>/final.safetensors`` and ``<run>/metrics.json`` hold the result.
 
 The arch trained: the arch file with the recipe's ``space_overrides`` applied by key path (the same keys a
-supernet recipe uses on a space, e.g. ``input.size: 32``, ``tokenizer.patch_size: 8``), and ``num_classes`` from
-the data. So the target arch of a search (``best.yaml``, 224 px, 1000 classes) becomes, under
-``recipes/retrain_cpu.yaml``, its 32 px proxy on the built-in data.
+supernet recipe uses on a space, e.g. ``input.size: 32``, ``tokenizer.patch_size: 8``), then its
+``width_multiplier`` (every stage's dim scaled, rounded to a multiple of its heads), and ``num_classes`` from
+the data; run.json records the resulting overrides. So the target arch of a search (``best.yaml``, 224 px, 1000
+classes) becomes, under ``recipes/retrain_cpu.yaml``, a 32 px proxy on the built-in data at a quarter of its
+widths, with the search's choices between stages kept.
 
 ``init="inherited"`` starts from the weights exported next to the arch file: ``<stem>.safetensors`` (a search on
 the target itself: ``best.safetensors`` next to ``best.yaml``), else the proxy's, ``<stem>.proxy.yaml`` with
@@ -96,6 +98,11 @@ def resolve_arch(arch_file: str, data: str, recipe: Recipe) -> tuple[Arch, DataS
 
     overrides = dict(recipe.space_overrides)
     arch = recipe.overridden(load_arch, arch_file, overrides)
+    if recipe.width_multiplier != 1.0:
+        m = recipe.width_multiplier
+        for i, s in enumerate(arch.stages):
+            overrides[f"stages[{i}].dim"] = max(1, round(s.dim * m / s.heads)) * s.heads
+        arch = recipe.overridden(load_arch, arch_file, overrides)
     splits = load_data(data, arch.img_size, arch.in_chans, seed=recipe.seed, holdout=recipe.data.holdout,
                        limit=recipe.data.limit)
     if splits.num_classes != arch.num_classes:

@@ -52,6 +52,9 @@ def _load_space(path: str, overrides: dict[str, Any], recipe: Recipe) -> SearchS
 def resolve(space_path: str, data: str, recipe: Recipe) -> tuple[SearchSpace, DataSplits, dict[str, Any]]:
     """The space with the recipe's overrides and the data's class count, its data splits, and the overrides
     (``num_classes`` among them when the data's class count differs from the space's)."""
+    if recipe.width_multiplier != 1.0:
+        raise recipe.error("width_multiplier", "width_multiplier narrows the arch of a retraining; a supernet "
+                           "recipe narrows its space with space_overrides (e.g. stages[1].dim: {choice: [48, 64]})")
     overrides = dict(recipe.space_overrides)
     space = _load_space(space_path, overrides, recipe)
     t = space.template()
