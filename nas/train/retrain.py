@@ -48,10 +48,10 @@ from torch import nn
 
 from nas.arch import Arch
 from nas.atomic import atomic_write
-from nas.cost import cost
+from nas.cost import cost, training_floats_floor
 from nas.data import DataSplits, load_data, make_loader
 from nas.errors import NasError
-from nas.limits import check_model_size
+from nas.limits import check_model_size, check_training_memory
 from nas.measure import batch_macs
 from nas.train.checkpoint import sha256_file
 from nas.train.loop import SingleArch, Trainer, TrainResult, TrainState, run_job
@@ -166,8 +166,9 @@ def retrain(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe 
         trained_file, weights = str(found), str(w)
     arch, splits, overrides = resolve_arch(trained_file, data, rc)
     c = cost(arch)
-    check_model_size(c.macs, c.params, "the arch" + (" (with the recipe's space_overrides)" if rc.space_overrides
-                                                     else ""), file=trained_file)
+    what = "the arch" + (" (with the recipe's space_overrides)" if rc.space_overrides else "")
+    check_model_size(c.macs, c.params, what, file=trained_file)
+    check_training_memory(training_floats_floor(arch), c.params, rc.batch_size, what, file=rc.file)
     tag = "scratch" if weights is None else f"inherited:{sha256_file(Path(weights))[:16]}"
     spec = retrain_spec(arch, trained_file, rc, splits.split_record(), overrides, tag)
     run = Path(out) if out is not None else default_out(arch)
