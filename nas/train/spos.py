@@ -28,7 +28,6 @@ from torch import nn
 from nas.arch import Arch
 from nas.cost import training_floats_floor
 from nas.data import DataSplits, load_data
-from nas.errors import NasError
 from nas.limits import check_model_size, check_training_memory
 from nas.space import SearchSpace, load_space
 from nas.train.loop import TrainResult, Trainer, TrainState, run_job, seed_everything

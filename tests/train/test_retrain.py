@@ -296,3 +296,29 @@ def test_default_recipes_follow_the_data():
     assert (deit.schedule.name, deit.schedule.warmup_epochs, deit.epochs) == ("cosine", 5, 300)
     assert (deit.label_smoothing, deit.mixup.mixup_alpha, deit.mixup.cutmix_alpha, deit.drop_path) == (0.1, 0.8, 1.0, 0.1)
     assert deit.augment.auto_augment == "rand-m9-mstd0.5-inc1"
+
+
+def test_cli_says_which_default_recipe_it_chose(capsys):
+    import argparse
+
+    from nas.cli import _recipe
+    assert _recipe(argparse.Namespace(recipe=None, data="builtin"), "supernet") == str(default_recipe("supernet", "builtin"))
+    assert "nas: recipe " in capsys.readouterr().err
+    assert _recipe(argparse.Namespace(recipe=None, data="synthetic:64"), "supernet") is None  # Recipe(), unchanged
+    assert capsys.readouterr().err == ""
+    assert _recipe(argparse.Namespace(recipe="r.yaml", data="builtin"), "retrain") == "r.yaml"
+
+
+@pytest.mark.parametrize("text, line, key, fragment", [
+    ("augment:\n  auto_augment: rand-m9-bogus7\n", 2, "augment.auto_augment", "timm cannot build auto_augment"),
+    ("augment: {re_prob: 2}\n", 1, "augment.re_prob", "in [0.0, 1.0], got 2.0"),
+    ("optimizer:\n  lr_scaling: sqrt\n", 2, "optimizer.lr_scaling", "needs lr_base_batch"),
+    ("width_multiplier: 0\n", 1, "width_multiplier", "in (0.0, 16.0], got 0.0"),
+    ("optimizer: {lr: 1e-3, lr_base_batch: 512}\nbatch_size: 8\nschedule: {min_lr: 1e-4}\n", 3, "schedule.min_lr",
+     "above the optimizer lr 1.5625e-05 (scaled to batch_size 8)"),
+])
+def test_new_recipe_keys_are_validated_with_their_line(tmp_path, text, line, key, fragment):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(NasError) as e:
+        load_recipe(tmp_path / "r.yaml")
+    assert (e.value.line, e.value.key) == (line, key) and fragment in e.value.message, e.value.format()
