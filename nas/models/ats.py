@@ -34,6 +34,7 @@ Decisions where the paper is loose (each is also stated where it is implemented)
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -50,7 +51,7 @@ from nas.models.layers import Block
 from nas.shapes import ats_budget, check_ats_budget
 
 __all__ = [
-    "token_budget", "significance", "inverse_transform_sample", "kept_indices", "ATSOut", "ats_block",
+    "token_budget", "significance", "inverse_transform_sample", "kept_indices", "take_rows", "ATSOut", "ats_block",
     "masked_block", "ATSViT", "apply_ats",
 ]
 
@@ -128,6 +129,20 @@ def kept_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index.masked_fill(~mask, -1), mask
 
 
+def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The same rows of every slice of an image: t (B, ..., N, D), rows (B, M) -> (B, ..., M, D), a copy.
+
+    Equal to ``t.gather(-2, rows expanded to (B, ..., M, D))`` but copies whole rows (``index_select``)
+    instead of reading one index per element: 4x faster on CPU for ATS's (B, h, M, N) attention rows.
+    """
+    B, N, D = t.shape[0], t.shape[-2], t.shape[-1]
+    mid = t.shape[1:-2]
+    slices = math.prod(mid)                                             # slices per image (heads)
+    base = torch.arange(B * slices, device=t.device).view(B, slices, 1) * N
+    flat = (base + rows[:, None, :]).reshape(-1)                        # (B * slices * M,) rows of t
+    return t.reshape(-1, D).index_select(0, flat).view(B, *mid, rows.shape[1], D)
+
+
 # --- block adapters: nas Block and timm Block ------------------------------------------------------------
 def _timm_qkv(attn: TimmAttention, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, N, _ = xn.shape
@@ -144,7 +159,7 @@ def _maps(block: nn.Module, xn: torch.Tensor, mask: torch.Tensor | None,
     q, k, v = _timm_qkv(block.attn, xn)
     s = (q * block.attn.scale) @ k.transpose(-2, -1)                    # (B, h, N, N)
     if mask is not None:
-        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+        s.masked_fill_(~mask[:, None, None, :], float("-inf"))         # in place: s is a fresh tensor
     return s.softmax(dim=-1), v
 
 
@@ -203,8 +218,8 @@ def ats_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = Non
     index, mask_out = kept_indices(selected)                            # (B, M)
     rows = index.clamp(min=0)
     M = rows.shape[1]
-    a_s = a.gather(2, rows[:, None, :, None].expand(B, a.shape[1], M, N))  # (B, h, M, N)
-    out = x.gather(1, rows[..., None].expand(B, M, C)) + _residual_attn(block, _attend(block, a_s, v))
+    a_s = take_rows(a, rows)                                            # (B, h, M, N)
+    out = take_rows(x, rows) + _residual_attn(block, _attend(block, a_s, v))
     out = out + _residual_mlp(block, out)
     return ATSOut(out * mask_out[..., None], mask_out, index)            # padded rows exactly zero
 

@@ -50,7 +50,7 @@ class Attention(nn.Module):
         q, k, v = self._split(q), self._split(k), self._split(v)     # (B, h, N, d)
         scores = (q * self.scale) @ k.transpose(-2, -1)             # (B, h, N, N)
         if mask is not None:
-            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+            scores.masked_fill_(~mask[:, None, None, :], float("-inf"))  # in place: a fresh tensor
         return scores.softmax(dim=-1), v
 
     def merge(self, out: torch.Tensor) -> torch.Tensor:

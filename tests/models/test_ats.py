@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.cost import ats_layers_bounds, layer_macs
 from nas.errors import NasError
 from nas.models.ats import (
-    apply_ats, ats_block, inverse_transform_sample, kept_indices, masked_block, significance, token_budget,
+    apply_ats, ats_block, inverse_transform_sample, kept_indices, masked_block, significance, take_rows,
+    token_budget,
 )
 from nas.models.layers import Block
 from nas.shapes import ats_budget as budget
@@ -158,6 +159,23 @@ def test_kept_indices_order_and_padding():
 
 
 # --- the block forward ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 2, 7, 7), (3, 7, 5), (2, 2, 3, 6, 4)])
+def test_take_rows_equals_gather_values_and_gradients(shape):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(*shape, dtype=torch.float64, generator=g, requires_grad=True)
+    B, N, D = shape[0], shape[-2], shape[-1]
+    rows = torch.randint(0, N, (B, 5), generator=g)            # duplicates included, as padding rows are
+    index = rows.view(B, *[1] * (len(shape) - 3), 5, 1).expand(*shape[:-2], 5, D)
+    ref, out = t.gather(-2, index), take_rows(t, rows)
+    assert torch.equal(out, ref)
+    w = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    assert torch.equal(torch.autograd.grad(out, t, w)[0], torch.autograd.grad(ref, t, w)[0])
+    tt = t.detach().transpose(-1, -2)                           # a non-contiguous input
+    rows = rows.clamp(max=D - 1)
+    idx = rows.view(B, *[1] * (len(shape) - 3), 5, 1).expand(*tt.shape[:-2], 5, N)
+    assert torch.equal(take_rows(tt, rows), tt.gather(-2, idx))
+
+
 @pytest.mark.parametrize("kind", ["timm", "nas"])
 def test_kept_rows_equal_plain_block_rows(kind):
     """An ATS block computes each kept row exactly as the plain block does: attention over all keys."""
