@@ -132,7 +132,7 @@ def bench_ats(args: argparse.Namespace) -> None:
     vit = VisionTransformer(img_size=arch.img_size, patch_size=arch.tokenizer.patch_size, embed_dim=st.dim,
                             depth=st.num_layers, num_heads=st.heads, mlp_ratio=st.mlp_ratio,
                             num_classes=arch.num_classes, weight_init="jax").eval()
-    base_macs = cost(arch).macs                                          # = timm's DeiT (docs/benchmarks.md)
+    base_macs = cost(arch).macs                                          # nas.cost equals timm's DeiT
     models = {"base ViT": vit}
     for keep in (1.0, 0.72):
         models[f"ATS keep {keep}"] = apply_ats(vit, list(range(3, st.num_layers)), keep=keep).eval()
@@ -238,13 +238,13 @@ def bench_ps(args: argparse.Namespace) -> None:
     gs_macs = len(rounds) * 4 * P * C                                    # 4 taps per value; nas.cost counts 0
     header(f"PS-ViT-Ti/14 tokenizer, batch {batch}; grid_sample counted as 4 MACs per value here "
            "(nas.cost counts 0)")
-    whole = t["whole tokenizer"]
-    for name, m in (("whole tokenizer", tok_macs), ("stem", stem_macs), (f"grid_sample x {len(rounds)} rounds", gs_macs)):
+    whole, gs_name = t["whole tokenizer"], f"grid_sample x {len(rounds)} rounds"
+    for name, m in (("whole tokenizer", tok_macs), ("stem", stem_macs), (gs_name, gs_macs)):
         row(name, t[name], whole, batch * m, batch * tok_macs, saving=False)
-    rest = whole - t["stem"] - t[f"grid_sample x {len(rounds)} rounds"]
+    rest = whole - t["stem"] - t[gs_name]
     rest_macs = tok_macs - stem_macs                                     # grid_sample's 4 MACs/value not in it
     row("rest (4 layers, positions, offsets)", rest, whole, batch * rest_macs, batch * tok_macs, saving=False)
-    gs = t[f"grid_sample x {len(rounds)} rounds"]
+    gs = t[gs_name]
     print(f"  grid_sample / rest of the tokenizer (stem included): time {gs / (whole - gs):.3f}, "
           f"MACs {gs_macs / tok_macs:.4f}")
     if args.profile:
@@ -266,8 +266,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators too")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}"
-          f", median of {args.reps} interleaved repetitions (x5 for single layers, x2 for ATS at batch 1 and the tokenizer)")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{platform.processor() or platform.machine()}, median of {args.reps} interleaved repetitions "
+          "(x5 for single layers, x2 for ATS at batch 1 and the tokenizer)")
     print("# time ratio and MACs ratio against the first row of each block; saved t / MACs = (1 - time ratio) / "
           "(1 - MACs ratio): 1.0 when time falls as MACs do, below 0.8 a speed-up trailing its MACs saving by > 20%")
     benches = {"sharing": bench_sharing, "ats": bench_ats, "cfvit": bench_cfvit, "ps": bench_ps}
