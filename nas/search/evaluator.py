@@ -30,7 +30,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,13 @@ class Evaluation:
     macs_mean: int | None   # measured mean MACs per image on the split (data-dependent archs), else None
     params: int
     seconds: float
+
+
+class PerImage(NamedTuple):
+    """One arch's outcome on each of the split's N images, in the split's order."""
+    correct: torch.Tensor        # (N,) bool: top-1 right
+    loss: torch.Tensor           # (N,) float64: cross-entropy
+    macs: torch.Tensor | None    # (N,) int64 executed MACs (data-dependent archs), else None
 
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -139,29 +146,34 @@ class Evaluator:
         with self.supernet.bound(arch) as model:
             yield model
 
+    def per_image(self, arch: Arch) -> PerImage:
+        """``arch``'s outcome on every image of the split, in the split's order (not cached)."""
+        correct, losses, macs = [], [], []
+        with self.model(arch) as model, torch.inference_mode():
+            for x, y in self.batches():
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                logits = model(x).float()  # (B, num_classes)
+                correct.append((logits.argmax(-1) == y).cpu())
+                losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
+                if arch.data_dependent:
+                    macs.append(batch_macs(model, x.shape[0]))
+        return PerImage(torch.cat(correct), torch.cat(losses).double(), torch.cat(macs) if macs else None)
+
     def __call__(self, arch: Arch) -> Evaluation:
         key = arch.hash()
         hit = self.cache.get(key)
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        correct, loss_sum, macs_sum, n = 0, 0.0, 0, 0
-        with self.model(arch) as model, torch.inference_mode():
-            for x, y in self.batches():
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                logits = model(x)  # (B, num_classes)
-                correct += int((logits.argmax(-1) == y).sum())
-                loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-                if arch.data_dependent:
-                    macs_sum += int(batch_macs(model, x.shape[0]).sum())
-                n += x.shape[0]
-        if not math.isfinite(loss_sum):
+        out = self.per_image(arch)
+        loss = float(out.loss.mean())
+        if not math.isfinite(loss):
             raise NasError(f"arch {key}: the loss on the {self.split} split is not finite; the supernet "
                            f"weights are broken (diverged training?)")
         c = cost(arch)
-        ev = Evaluation(arch_hash=key, score=correct / n, loss=loss_sum / n, macs=c.macs,
-                        macs_mean=round(macs_sum / n) if arch.data_dependent else None, params=c.params,
-                        seconds=time.perf_counter() - t0)
+        ev = Evaluation(arch_hash=key, score=float(out.correct.double().mean()), loss=loss, macs=c.macs,
+                        macs_mean=None if out.macs is None else round(float(out.macs.double().mean())),
+                        params=c.params, seconds=time.perf_counter() - t0)
         self.cache[key] = ev
         return ev
 
