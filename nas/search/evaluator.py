@@ -59,12 +59,35 @@ class Evaluation:
     params: int
     seconds: float
 
+    @property
+    def objective(self) -> float:
+        """What searchers maximise: the negated mean cross-entropy on the split. Finer than top-1, which moves
+        in steps of one image and ties or reorders similar archs by chance (docs/decisions.md, "Search
+        scores"); ``score`` stays the top-1 a user reads."""
+        return -self.loss
+
 
 class PerImage(NamedTuple):
     """One arch's outcome on each of the split's N images, in the split's order."""
     correct: torch.Tensor        # (N,) bool: top-1 right
     loss: torch.Tensor           # (N,) float64: cross-entropy
     macs: torch.Tensor | None    # (N,) int64 executed MACs (data-dependent archs), else None
+
+    def subset(self, idx: torch.Tensor) -> "PerImage":
+        """The outcomes on the images ``idx`` (a (K,) index tensor)."""
+        return PerImage(self.correct[idx], self.loss[idx], None if self.macs is None else self.macs[idx])
+
+
+def evaluation(arch: Arch, out: PerImage, seconds: float = 0.0) -> Evaluation:
+    """The ``Evaluation`` of ``arch`` from its per-image outcomes (means over the images)."""
+    loss = float(out.loss.mean())
+    if not math.isfinite(loss):
+        raise NasError(f"arch {arch.hash()}: the loss on the scored images is not finite; the supernet weights "
+                       f"are broken (diverged training?)")
+    c = cost(arch)
+    return Evaluation(arch_hash=arch.hash(), score=float(out.correct.double().mean()), loss=loss, macs=c.macs,
+                      macs_mean=None if out.macs is None else round(float(out.macs.double().mean())),
+                      params=c.params, seconds=seconds)
 
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -166,14 +189,7 @@ class Evaluator:
             return hit
         t0 = time.perf_counter()
         out = self.per_image(arch)
-        loss = float(out.loss.mean())
-        if not math.isfinite(loss):
-            raise NasError(f"arch {key}: the loss on the {self.split} split is not finite; the supernet "
-                           f"weights are broken (diverged training?)")
-        c = cost(arch)
-        ev = Evaluation(arch_hash=key, score=float(out.correct.double().mean()), loss=loss, macs=c.macs,
-                        macs_mean=None if out.macs is None else round(float(out.macs.double().mean())),
-                        params=c.params, seconds=time.perf_counter() - t0)
+        ev = evaluation(arch, out, seconds=time.perf_counter() - t0)
         self.cache[key] = ev
         return ev
 

@@ -127,7 +127,7 @@ def test_scores_equal_extracted_subnet_on_the_search_split(tmp_path):
         e = ev(arch)
         top1, loss, _ = _reference(supernet.extract(arch), splits.search)
         assert e.score == pytest.approx(top1, abs=1e-12) and 0 <= e.score <= 1
-        assert e.loss == pytest.approx(loss, rel=1e-5)
+        assert e.loss == pytest.approx(loss, rel=1e-5) and e.objective == -e.loss
         c = cost(arch)
         assert (e.arch_hash, e.macs, e.params, e.macs_mean) == (arch.hash(), c.macs, c.params, None)
         assert e.seconds > 0
