@@ -5,7 +5,9 @@ weights) over every image of the ``search`` split (``nas.data``: a stratified ho
 disjoint from the images the supernet trained on and from ``val``) and returns an ``Evaluation``: top-1 in
 [0, 1], mean cross-entropy, the analytic MACs and params (``nas.cost``), for data-dependent archs (ATS,
 CF-ViT) the mean MACs per image measured on the same images (``nas.measure`` protocol), and the time taken.
-Results are cached by ``arch.hash()``: a searcher that proposes an arch twice pays once.
+Results are cached by ``arch.hash()``: a searcher that proposes an arch twice pays once. Searchers maximise
+``Evaluation.objective`` (the negated loss), finer than top-1; ``per_image(arch)`` gives the outcome on every
+image (``benchmarks/supernet_ranking.py`` ranks archs on halves of the split with it).
 
 Speed (a search evaluates up to 1,000 archs): the split is converted once into tensors, batches are large,
 everything runs in eval mode under ``torch.inference_mode``, and the only per-arch work besides the forward
@@ -21,8 +23,11 @@ Decisions where the papers are silent:
   before it. Archs without BatchNorm run on the supernet's path directly.
 - Data too large to keep in memory (more than ``max_preload_bytes`` as float32 tensors; ImageFolder data at
   224 px) is streamed through a loader on every call instead of preloaded.
-- Labels of the split are never shuffled or sub-sampled: every call scores the same images in the same order,
-  so two archs are compared on identical data (paired).
+- The split is never shuffled or sub-sampled: every call scores the same images in the same order, so two
+  archs are compared on identical data (paired).
+- The ranking key is the loss, not top-1: random subnets of a trained supernet differ in top-1 by about a
+  point, less than its sampling noise on a few thousand images (docs/decisions.md, "Search scores and the
+  CPU supernet").
 """
 from __future__ import annotations
 

@@ -360,8 +360,9 @@ def load_supernet_run(run_dir: str | os.PathLike) -> SupernetRun:
     recipe = load_recipe(run / "recipe.yaml")
     for what, obj in (("space", space.hash), ("recipe", recipe.hash())):
         if obj != info[what]["hash"]:
-            raise NasError(f"{what}.yaml has hash {obj}, run.json records {info[what]['hash']}; the run directory "
-                           f"was edited", file=str(meta), key=f"{what}.hash")
+            raise NasError(f"{what}.yaml has hash {obj}, run.json records {info[what]['hash']}: the run directory "
+                           f"was edited, or written by a version of nas whose {what} format differs; retrain it",
+                           file=str(meta), key=f"{what}.hash")
     weights = run / "supernet.safetensors"
     if not weights.exists():
         raise NasError("no supernet.safetensors: training has not finished; run the same `nas train-supernet` "
