@@ -213,7 +213,7 @@ def evaluate_arch(run_dir: str, arch: Arch, split: str = "search", data: str | N
 
 
 def measure_inherited(run_dir: str, arch: Arch, data: str | None = None, images: int = 256,
-                      batch_size: int = 256) -> dict[str, int]:
+                      batch_size: int = 256) -> dict[str, int | str]:
     """``nas flops --supernet``: executed MACs per image of ``arch`` with the supernet's weights sliced for it
     (BatchNorm recalibrated), over the first ``images`` images of the val split of ``data``, at the scale of
     the supernet's space (a target arch is measured as its proxy)."""
@@ -225,5 +225,8 @@ def measure_inherited(run_dir: str, arch: Arch, data: str | None = None, images:
     ev = Evaluator(run.supernet, run.splits(data, val_images=images), "val", batch_size=batch_size)
     with ev.model(scored) as model:
         m = measure_cost(model, ev.batches())
-    return {"macs_mean": round(m.macs_mean), "macs_worst_seen": m.macs_worst, "macs_best_seen": m.macs_best,
-            "images": m.images}
+    out = {"macs_mean": round(m.macs_mean), "macs_worst_seen": m.macs_worst, "macs_best_seen": m.macs_best,
+           "images": m.images}
+    if scored != arch:  # measured on the proxy: say so, with the proxy's own analytic figures
+        out.update(measured_on="proxy", proxy_macs=cost(scored).macs, proxy_params=cost(scored).params)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,11 @@ def test_load_supernet_run(run):
     assert r.space.hash == json.loads((run / "run" / "run.json").read_text())["space"]["hash"]
     assert not r.supernet.training
     assert r.target_space().template()["stages"][0]["dim"] == 32
+    unfinished = run / "unfinished"
+    shutil.copytree(run / "run", unfinished)
+    (unfinished / "supernet.safetensors").unlink()
+    with pytest.raises(NasError, match="training has not finished"):
+        load_supernet_run(unfinished)
 
 
 def test_eval_cli_scores_proxy_and_target_archs(run, capsys, monkeypatch):
@@ -253,6 +259,13 @@ def test_flops_cli_with_supernet_weights(run, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["macs_mean"] == out["macs"] == cost(arch).macs and out["images"] == 20
+    target_arch = r.target_space().sample(0)
+    save_arch(target_arch, run / "t.yaml")
+    assert main(["flops", str(run / "t.yaml"), "--supernet", str(run / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    proxy = to_proxy(target_arch, r.target_space(), r.space)
+    assert out["macs"] == cost(target_arch).macs and out["measured_on"] == "proxy"
+    assert out["macs_mean"] == out["proxy_macs"] == cost(proxy).macs
 
 
 def test_proxy_with_other_dimensions_is_refused(tmp_path):
