@@ -200,6 +200,15 @@ def cmd_retrain(args: argparse.Namespace) -> None:
           + (f", resumed from step {r.resumed_from})" if r.resumed_from is not None else ")"))
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from nas.search.runner import search, table
+    r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
+               max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
+               search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
+               seed=args.seed)
+    print(table(r))
+
+
 # --- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
@@ -276,6 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights exported next to the arch file (<stem>.safetensors, or <stem>.proxy.yaml + .safetensors)")
     r.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     r.set_defaults(func=cmd_retrain)
+
+    se = sub.add_parser("search", help="the best subnet within a MACs/params budget (resumable; docs/search.md)")
+    se.add_argument("space")
+    se.add_argument("--flops", help="MACs budget: an upper bound (1.3G) or a band (1.15G:1.3G); default: the "
+                    "space's budget")
+    se.add_argument("--params", help="params budget: an upper bound (6M) or a band (5M:6M)")
+    se.add_argument("--budget-on", choices=("worst", "mean"), help="bound the worst-case MACs or the mean measured "
+                    "on the search split (data-dependent archs; default mean when the supernet is at target scale)")
+    se.add_argument("--searcher", choices=("evolution", "optuna", "nsga2", "random"),
+                    help="default: the search recipe's (evolution)")
+    se.add_argument("--max-evals", type=int, help="evaluations at most (default: the search recipe's, 1000)")
+    se.add_argument("--top", type=int, default=0, help="export the K next-best archs too, into <out>/top/")
+    se.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]] or an ImageFolder root")
+    se.add_argument("--recipe", help="supernet training recipe (default: the CPU recipe for the built-in data)")
+    se.add_argument("--search-recipe", help="search recipe YAML (default: recipes/search_<searcher>.yaml values)")
+    se.add_argument("--supernet", help="a trained supernet run directory to search instead of training one")
+    se.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
+    se.add_argument("--out", help="run directory (default runs/<space>-search-<budget>-<searcher>-s<seed>); "
+                    "re-running on it resumes")
+    se.add_argument("--seed", type=int, default=0)
+    se.set_defaults(func=cmd_search)
     return p
 
 

@@ -78,8 +78,8 @@ class RunLock:
     """An exclusive ``flock`` on ``<run>/.lock``: two trainers on one directory would corrupt it. The kernel drops
     the lock when the holder dies, even by SIGKILL."""
 
-    def __init__(self, run: Path) -> None:
-        self.path, self.fd = run / ".lock", -1
+    def __init__(self, run: Path, activity: str = "training") -> None:
+        self.path, self.fd, self.activity = run / ".lock", -1, activity
 
     def __enter__(self) -> "RunLock":
         make_run_dir(self.path.parent)
@@ -95,7 +95,8 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise NasError("another process is training in this run directory; wait for it or use another --out",
+            raise NasError(f"another process is {self.activity} in this run directory; wait for it or use another "
+                           "--out",
                            file=str(self.path.parent)) from None
         return self
 
@@ -234,6 +235,27 @@ def check_resumable(run: Path, restored_step: int | None) -> None:
         raise NasError(f"this run was committed but checkpoints/ holds no checkpoint (deleted?); resuming would "
                        f"restart at step 0 and drop the {logged_steps(run)} logged step(s): restore checkpoints/, "
                        f"or delete the run directory (or use another --out) to start over", file=str(run / "checkpoints"))
+
+
+def check_run_json(run: Path, info: dict[str, Any], compare: dict[str, str]) -> bool:
+    """Any job's run.json: write ``info`` when absent (returns False); else refuse (``NasError``) a run whose stored
+    ``info[key]`` differs for a key of ``compare`` (key -> what it is, for the message), and return True."""
+    meta = run / "run.json"
+    if not meta.exists():
+        atomic_write(meta, json.dumps(info, indent=1))
+        return False
+    try:
+        old = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != info["format"]:
+        raise NasError(f"not a {info['format']} run file; use another --out", file=str(meta))
+    for key, what in compare.items():
+        if old.get(key) != info.get(key):
+            raise NasError(f"cannot resume: this run was started with another {what} ({json.dumps(old.get(key))}, now "
+                           f"{json.dumps(info.get(key))}); use the original {what} or another --out",
+                           file=str(meta), key=key)
+    return True
 
 
 class CsvLog:

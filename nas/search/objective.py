@@ -1,0 +1,125 @@
+"""The objective every searcher calls: a target arch in, a scored ``Candidate`` out, each arch evaluated once.
+
+``Objective`` joins the pieces a searcher should not know about: the budget check on the target arch (before
+any evaluation), the target -> proxy mapping, the evaluator (inherited supernet weights on the search split),
+the history file (durable, and the cache a resumed run replays from) and a progress bar.
+
+``Evaluation`` and ``Evaluator`` are the evaluator's interface (``nas.search.evaluator``); searchers and tests
+may pass any callable ``Arch -> Evaluation`` (tests use a fast deterministic fake).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Protocol
+
+from nas.arch import Arch
+from nas.cost import Cost, cost
+from nas.search.budget import Budget
+from nas.search.history import Candidate, History, best
+from nas.search.proxy import ProxyMap
+from nas.space import SearchSpace
+
+
+class EvaluationLike(Protocol):
+    """What an evaluator returns for one (proxy) arch (``nas.search.evaluator.Evaluation``)."""
+    arch_hash: str
+    score: float
+    loss: float
+    macs: int
+    macs_mean: int | None
+    params: int
+    seconds: float
+
+
+Evaluate = Callable[[Arch], EvaluationLike]
+
+
+class Objective:
+    """Target arch -> Candidate (cached by arch hash), with the budget checked before evaluation.
+
+    ``max_evals`` caps the distinct candidates (``exhausted``); ``propose`` draws new, in-budget archs with a
+    retry cap, so a searcher never asks twice for the same arch.
+    """
+
+    def __init__(self, proxy: ProxyMap, budget: Budget, evaluate: Evaluate, history: History, max_evals: int,
+                 progress: bool = True, desc: str = "search") -> None:
+        self.space: SearchSpace = proxy.target
+        self.proxy, self.budget, self.evaluate, self.history = proxy, budget, evaluate, history
+        self.max_evals = max_evals
+        self.cache: dict[str, Candidate] = dict(history.cached)
+        self.requested: list[Candidate] = []   # candidates this search asked for, in order (cached or new)
+        self.seen: set[str] = set()            # hashes proposed so far
+        self.new_evals = 0
+        self._costs: dict[Arch, Cost] = {}
+        from tqdm import tqdm
+        self.bar = tqdm(total=max_evals, desc=desc, unit="eval", disable=not progress, dynamic_ncols=True,
+                        file=sys.stderr)
+
+    # --- budget --------------------------------------------------------------------------------------
+    def cost(self, arch: Arch) -> Cost:
+        c = self._costs.get(arch)
+        if c is None:
+            c = self._costs[arch] = cost(arch)
+        return c
+
+    def precheck(self, arch: Arch) -> bool:
+        """Whether the target ``arch`` can meet the budget, from its analytic cost (no evaluation)."""
+        c = self.cost(arch)
+        return self.budget.may_admit(c.macs_min, c.macs_max, c.params)
+
+    def propose(self, make: Callable[[], Arch], max_tries: int) -> Arch | None:
+        """The first of at most ``max_tries`` archs from ``make()`` that is new and passes the budget check."""
+        for _ in range(max_tries):
+            arch = make()
+            h = arch.hash()
+            if h not in self.seen and self.precheck(arch):
+                self.seen.add(h)
+                return arch
+        return None
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.requested) >= self.max_evals
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def __call__(self, arch: Arch, step: int) -> Candidate:
+        """The candidate for target ``arch``: from the cache, else evaluated and appended to the history."""
+        h = arch.hash()
+        c = self.cache.get(h)
+        if c is None:
+            c = self.evaluate_new(arch, step)
+        else:
+            self.bar.update(1)
+        self.requested.append(c)
+        self._postfix()
+        return c
+
+    def evaluate_new(self, arch: Arch, step: int) -> Candidate:
+        """Evaluate (no cache lookup), record durably, return."""
+        t0 = time.perf_counter()
+        e = self.evaluate(self.proxy.to_proxy(arch))
+        tc = self.cost(arch)
+        measured = e.macs_mean if self.budget.on == "mean" and e.macs_mean is not None else tc.macs
+        c = Candidate(arch.hash(), step, float(e.score), float(e.loss), int(e.macs), int(e.params),
+                      None if e.macs_mean is None else int(e.macs_mean), tc.macs, tc.params,
+                      self.budget.admits(measured, tc.params), float(getattr(e, "seconds", time.perf_counter() - t0)),
+                      tuple(self.space.encode(arch)))
+        self.history.append(c)
+        self.cache[c.arch_hash] = c
+        self.new_evals += 1
+        self.bar.update(1)
+        return c
+
+    def remember(self, c: Candidate) -> None:
+        """A candidate evaluated elsewhere (another worker on the same study): cached, not written."""
+        self.cache.setdefault(c.arch_hash, c)
+
+    def _postfix(self) -> None:
+        b = best(self.requested)
+        if b is not None:
+            self.bar.set_postfix_str(f"best {b.score:.4f} ({b.target_macs / 1e9:.3g} GMACs) new {self.new_evals}",
+                                     refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,223 @@
+"""Optuna searchers: TPE with the budget as a constraint (``optuna``) and NSGA-II on (score, MACs) (``nsga2``).
+
+An arch is suggested one dimension at a time: numeric dimensions (widths, ratios, counts) as ordinal integer
+indices (``suggest_int``), the rest (cell kinds, ATS blocks) as categoricals. The budget enters through
+Optuna's constraint API (``Trial.set_constraint``; ``constraints_func`` on Optuna versions without it): an
+arch outside the budget is told at once with its relative violation and is never evaluated.
+
+The study lives in an Optuna RDB storage (SQLite inside the run directory by default, any URL with
+``--storage``), so several processes can share one study. Each arch is evaluated once across all of them:
+
+1. a trial records its arch hash (``user_attrs['arch_hash']``) as soon as it has suggested it;
+2. it is served from the cache (this run's history plus every candidate stored in the study) when it can be;
+3. else it waits until every lower-numbered running trial has recorded its hash (trial numbers are handed
+   out atomically by the storage), and the lowest-numbered running trial with that hash evaluates it, the
+   others wait for its result. The evaluated candidate is stored on its trial
+   (``user_attrs['candidate']``) before it is appended to the history.
+
+Heartbeats (``heartbeat_interval``, ``grace_period``) let Optuna fail the trials of a killed worker, so no one
+waits forever; a resumed run finds its own evaluations in its history and in the study.
+
+Decisions where Optuna's docs are silent about our use:
+
+- Duplicates are told the cached score (a repeated observation) rather than pruned, so that TPE's model is
+  not pushed away from good regions it suggests again.
+- A resumed study is not a replay: TPE and NSGA-II condition on the trials so far, and their RNG restarts
+  from the seed, so a resumed Optuna search may take other decisions than an uninterrupted one (evolution
+  and random search replay exactly). No evaluation is lost or repeated either way.
+- Evaluations are counted over the whole study; with several workers the last few in flight may take the
+  total a little past ``max_evals`` (at most one per extra worker).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+from nas.errors import NasError
+from nas.search.history import Candidate
+from nas.search.objective import Objective
+from nas.search.recipe import SearchRecipe
+
+POLL_S = 0.05
+
+
+def _numeric(values: tuple) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def suggest_vector(trial: Any, obj: Objective) -> list[int]:
+    """One index per dimension: ordinal dimensions as ints, the others categorical over their values."""
+    out = []
+    for d in obj.space.dims:
+        if len(d.values) == 1:
+            out.append(0)
+        elif _numeric(d.values):
+            out.append(trial.suggest_int(d.path, 0, len(d.values) - 1))
+        elif all(v is None or isinstance(v, (bool, int, float, str)) for v in d.values) and \
+                len(set(map(repr, d.values))) == len(d.values):
+            out.append(d.values.index(trial.suggest_categorical(d.path, list(d.values))))
+        else:
+            out.append(trial.suggest_categorical(d.path, list(range(len(d.values)))))
+    return out
+
+
+def _sqlite_wal(storage: Any) -> None:
+    """SQLite in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for an fsync (10 ms here, and
+    an Optuna trial makes about 20), yet a killed process loses nothing it committed (only a power cut could);
+    readers and the writer of several workers do not block each other."""
+    from sqlalchemy import event
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # pooled connections were opened before the listener
+
+
+class _Study:
+    """The study plus the cross-worker cache and claim protocol (see the module docstring)."""
+
+    def __init__(self, obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,
+                 multi: bool) -> None:
+        import optuna
+        from optuna.trial import Trial
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna, self.obj, self.multi = optuna, obj, multi
+        self.has_set_constraint = hasattr(Trial, "set_constraint")
+        cons = None if self.has_set_constraint else (lambda t: [t.user_attrs.get("constraint", 0.0)])
+        cfg = recipe.optuna
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                st = optuna.storages.RDBStorage(storage, heartbeat_interval=cfg.heartbeat_interval,
+                                                grace_period=cfg.grace_period)
+        except Exception as e:  # invalid URLs, missing drivers: the user's input
+            raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an RDB URL "
+                           "such as sqlite:///study.db") from None
+        if st.engine.dialect.name == "sqlite":
+            _sqlite_wal(st)
+        if multi:
+            n = recipe.nsga2
+            sampler = optuna.samplers.NSGAIISampler(population_size=n.population, crossover_prob=n.crossover_prob,
+                                                    mutation_prob=n.mutation_prob, seed=seed,
+                                                    **({} if cons is None else {"constraints_func": cons}))
+            directions = ["maximize", "minimize"]
+        else:
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
+                                                 multivariate=cfg.multivariate, constant_liar=True,
+                                                 **({} if cons is None else {"constraints_func": cons}))
+            directions = ["maximize"]
+        self.study = optuna.create_study(storage=st, sampler=sampler, study_name=study_name,
+                                         directions=directions, load_if_exists=True)
+        if self.study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
+            raise NasError(f"study {study_name!r} in {storage} has other objectives; use another --storage")
+        self.refresh()
+
+    # --- shared state --------------------------------------------------------------------------------
+    def trials(self) -> list[Any]:
+        return self.study.get_trials(deepcopy=False)
+
+    def refresh(self, trials: list[Any] | None = None) -> int:
+        """Cache every candidate stored in the study; returns how many distinct archs were evaluated."""
+        n = 0
+        for t in trials if trials is not None else self.trials():
+            js = t.user_attrs.get("candidate")
+            if js is not None:
+                self.obj.remember(Candidate.from_json(js))
+                n += 1
+        return n
+
+    def evaluated(self) -> int:
+        return len({t.user_attrs["arch_hash"] for t in self.trials() if "candidate" in t.user_attrs})
+
+    # --- one trial -----------------------------------------------------------------------------------
+    def values(self, c: Candidate) -> float | tuple[float, float]:
+        m = c.macs_mean if self.obj.budget.on == "mean" and c.macs_mean is not None else c.target_macs
+        return (c.score, float(m)) if self.multi else c.score
+
+    def constrain(self, trial: Any, violation: float) -> None:
+        if self.has_set_constraint:
+            trial.set_constraint("budget", violation)
+        else:
+            trial.set_user_attr("constraint", violation)
+
+    def objective(self, trial: Any) -> float | tuple[float, float]:
+        obj = self.obj
+        vec = suggest_vector(trial, obj)
+        arch = obj.space.decode(vec)
+        h = arch.hash()
+        trial.set_user_attr("arch_hash", h)
+        if not obj.precheck(arch):
+            c = obj.cost(arch)
+            trial.set_user_attr("rejected", True)
+            self.constrain(trial, max(obj.budget.violation(c.macs_min, c.params), 1e-9))
+            return (0.0, float(c.macs)) if self.multi else 0.0
+        cand = self.claim(trial, h, arch)
+        self.constrain(trial, 0.0 if cand.feasible else max(obj.budget.violation(
+            cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params), 1e-9))
+        return self.values(cand)
+
+    def claim(self, trial: Any, h: str, arch: Any) -> Candidate:
+        """The candidate of ``arch``: cached, evaluated here (this trial owns the hash), or another's result."""
+        optuna, obj = self.optuna, self.obj
+        RUNNING = optuna.trial.TrialState.RUNNING
+        while True:
+            cached = obj.cache.get(h)
+            if cached is not None:
+                trial.set_user_attr("duplicate", True)
+                obj.requested.append(cached)
+                return cached
+            trials = self.trials()
+            if self.refresh(trials) and h in obj.cache:
+                continue
+            lower = [t for t in trials if t.number < trial.number and t.state == RUNNING]
+            if any("arch_hash" not in t.user_attrs for t in lower):
+                self._wait()
+                continue
+            owners = [t.number for t in trials if t.state == RUNNING and t.user_attrs.get("arch_hash") == h
+                      and not t.user_attrs.get("duplicate")]
+            if min(owners, default=trial.number) >= trial.number:
+                c = obj.evaluate_new(arch, trial.number) if h not in obj.cache else obj.cache[h]
+                trial.set_user_attr("candidate", c.to_json())
+                obj.requested.append(c)
+                return c
+            self._wait()
+
+    def _wait(self) -> None:
+        time.sleep(POLL_S)
+        self.optuna.storages.fail_stale_trials(self.study)
+
+
+def optuna_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,
+                  multi: bool = False) -> list[Candidate]:
+    """Run TPE (``multi=False``) or NSGA-II until the study holds ``obj.max_evals`` evaluated archs, or until
+    ``recipe.max_tries`` trials in a row bring nothing new. Returns every candidate evaluated in the study."""
+    s = _Study(obj, recipe, seed, storage, study_name, multi)
+    stale = {"n": 0, "evaluated": s.evaluated()}
+
+    def stop(study: Any, trial: Any) -> None:
+        n = s.evaluated()
+        stale["n"] = 0 if n > stale["evaluated"] else stale["n"] + 1
+        stale["evaluated"] = n
+        if n >= obj.max_evals or stale["n"] >= recipe.max_tries:
+            study.stop()
+
+    if stale["evaluated"] < obj.max_evals:
+        s.study.optimize(s.objective, callbacks=[stop], gc_after_trial=False)
+    trials = s.trials()
+    s.refresh(trials)
+    out: dict[str, Candidate] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        js = t.user_attrs.get("candidate")
+        if js is not None:
+            out.setdefault(js["arch_hash"], Candidate.from_json(js))
+    if not out:
+        raise NasError(f"no arch of space {obj.space.name!r} met the budget ({obj.budget.describe()}) in "
+                       f"{len(trials)} Optuna trials; widen the budget")
+    return list(out.values())
+

@@ -1,0 +1,362 @@
+"""``nas search``: the most accurate subnet within a budget, end to end, in one resumable run directory.
+
+    from nas.search.runner import search
+    result = search("spaces/psvit_tiny.yaml", flops="1.3G")
+
+Order of work (cheap checks first, so bad input fails in well under a second, before any training):
+
+1. the target space, the search recipe, the training recipe and the proxy it defines (same dimensions);
+2. the budget (flags or the space's ``budget:``), checked against the target space's exact reachable range;
+3. the run directory: a lock, and ``run.json`` (a changed space, budget, searcher, recipe, data or seed is
+   refused);
+4. the supernet: trained into ``<run>/supernet`` per the training recipe (resumable), or ``--supernet``;
+5. the searcher, scoring proxy archs with inherited weights on the search split, the budget checked on the
+   target archs; every evaluation appended to ``history.csv`` at once, so a killed run resumes losing nothing;
+6. the random baseline at the same number of evaluations, the winner's and the baseline's validation top-1;
+7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv/png, summary.json.
+
+Run directory ``<out>/`` (default ``runs/<space>-search-<budget>-<searcher>-s<seed>``)::
+
+    run.json  supernet/  history.csv  baseline.csv  study.db (optuna, nsga2)  best.yaml  best.safetensors or
+    best.proxy.yaml + best.proxy.safetensors  top/  pareto.csv  pareto.png  summary.json  search.log  .lock
+
+Decisions where the papers are silent:
+
+- ``--budget-on`` defaults to ``mean`` for a space of data-dependent archs (ATS, CF-ViT) whose supernet is
+  trained on the target itself, else ``worst``; ``mean`` with a proxy is refused (the measured mean of a proxy
+  arch says nothing exact about the target's), and ``summary.json``, the log and the table say which applied.
+- The winner and the baseline's best are re-scored on the validation split (never seen by the search).
+- Changing ``--max-evals`` changes the search recipe: a run directory refuses it like any other recipe change.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from nas.arch import Arch, Provenance
+from nas.errors import NasError
+from nas.search.budget import Budget, human
+from nas.search.history import Candidate, History, best, rank_key
+from nas.search.objective import Evaluate, Objective
+from nas.search.proxy import ProxyMap, check_same_dimensions
+from nas.search.recipe import SearchRecipe, load_search_recipe
+from nas.space import SearchSpace, load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TRAIN_RECIPE = ROOT / "recipes" / "demo.yaml"
+"""The supernet training recipe used when ``--recipe`` is not given (sized for a CPU and the built-in data)."""
+RUN_FORMAT = "nas-search-run/1"
+
+
+# --- the evaluator interface (one place) --------------------------------------------------------------
+def _evaluator_module() -> Any:
+    try:
+        from nas.search import evaluator
+    except ImportError:
+        from nas.search import _interim_evaluator as evaluator
+    return evaluator
+
+
+def open_supernet(run_dir: Path) -> Any:
+    """A trained supernet run (``.space``: the space it was trained on, ``.supernet``, ``.recipe``, ``.data``)."""
+    return _evaluator_module().load_supernet_run(run_dir)
+
+
+def make_evaluator(sr: Any, split: str, batch_size: int) -> Evaluate:
+    return _evaluator_module().Evaluator(sr.supernet, sr.data, split, batch_size=batch_size)
+
+
+# --- result -------------------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    run_dir: Path
+    space: SearchSpace
+    budget: Budget
+    searcher: str
+    best: Candidate
+    best_arch: Arch                         # target arch, with provenance
+    candidates: list[Candidate]             # every evaluated candidate of the search, in order
+    new_evals: int                          # evaluated by this invocation (the rest came from the history)
+    baseline: Candidate | None = None       # the best of the same number of random candidates
+    val_score: float | None = None          # winner's top-1 on the validation split
+    baseline_val_score: float | None = None
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def default_out(space: SearchSpace, budget: Budget, searcher: str, seed: int) -> Path:
+    return Path("runs") / f"{space.name}-search-{budget.label()}-{searcher}-s{seed}"
+
+
+def data_dependent(space: SearchSpace) -> bool:
+    """Whether the space's archs execute image-dependent MACs (ATS or coarse-to-fine tokenizer)."""
+    t = space.template()
+    return t.get("ats") is not None or t["tokenizer"]["type"] == "coarse_fine"
+
+
+# --- the job ------------------------------------------------------------------------------------------
+def search(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
+           searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str = "builtin",
+           recipe: str | Path | None = None, search_recipe: str | Path | None = None,
+           supernet: str | Path | None = None, storage: str | None = None, out: str | Path | None = None,
+           seed: int = 0, progress: bool = True,
+           evaluator: Callable[[SearchSpace, str], Evaluate] | None = None) -> SearchResult:
+    """Search ``space`` for the best arch within the budget; see the module docstring.
+
+    ``evaluator(proxy_space, split)``, when given, replaces the supernet (no training, no weights exported):
+    tests pass fast deterministic fakes through it.
+    """
+    t0 = time.perf_counter()
+    space_file = str(space)
+    target = load_space(space_file)
+    srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
+    if top < 0:
+        raise NasError(f"--top must be >= 0, got {top}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
+
+    # 1. training recipe and proxy (no data loaded yet)
+    train_id: dict[str, Any]
+    if supernet is not None:
+        sup_dir = Path(supernet)
+        if not (sup_dir / "space.yaml").exists() or not (sup_dir / "supernet.safetensors").exists():
+            raise NasError("--supernet: not a finished supernet run (needs space.yaml and supernet.safetensors; "
+                           "train one with `nas train-supernet`)", file=str(sup_dir))
+        proxy_space = load_space(sup_dir / "space.yaml")
+        train_id = {"supernet": str(sup_dir.resolve()), "space_hash": proxy_space.hash}
+        where = str(sup_dir / "space.yaml")
+        rc = None
+    else:
+        from nas.train.recipe import load_recipe
+        # with an injected evaluator nothing is trained: no default recipe (and so no proxy) unless given
+        rc = load_recipe(recipe if recipe is not None else None if evaluator is not None else DEFAULT_TRAIN_RECIPE)
+        where = rc.file
+        proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
+        train_id = {"recipe_hash": rc.hash(), "data": data}
+    check_same_dimensions(target, proxy_space, where=where)
+
+    # 2. budget on the target, checked against the reachable range (provisional mean/worst)
+    dd = data_dependent(target)
+    on = budget_on or ("mean" if dd and proxy_space.hash == target.hash else "worst")
+    bud = Budget.resolve(flops, params, target.budget, on)
+    bounds = target.cost_bounds()
+    bud.check_reachable(bounds, where=space_file)
+    if on == "mean" and proxy_space.hash != target.hash:
+        raise _mean_refusal(where)
+
+    # the resolved proxy (num_classes from the data) before the run directory, which names the budget
+    splits = None
+    if supernet is None and evaluator is None:
+        from nas.train.spos import resolve
+        proxy_space, splits, _ = resolve(space_file, data, rc)
+        if proxy_space.hash != target.hash and on == "mean":
+            if budget_on == "mean":
+                raise _mean_refusal(where, f"data {data!r} has {splits.num_classes} classes, the space "
+                                           f"{target.template()['num_classes']}")
+            on = "worst"
+            bud = replace(bud, on=on)
+    pm = ProxyMap(target, proxy_space)
+    notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
+                                       budget_on is None and on == "mean" else
+                                       " (default)" if budget_on is None else "")]
+    if not pm.is_identity:
+        notes.append(f"scored on a proxy of the target (space hash {proxy_space.hash}); budget checked on the target")
+
+    # 3. run directory
+    run = Path(out) if out is not None else default_out(target, bud, srec.searcher, seed)
+    from nas.train.rundir import RunLock, check_run_json
+    with RunLock(run, activity="searching"):
+        info = {"format": RUN_FORMAT, "space_hash": target.hash, "budget": bud.to_dict(), "searcher": srec.searcher,
+                "search_recipe": srec.hash(), "train": train_id, "seed": seed,
+                "space": {"name": target.name, "file": space_file},
+                "search_recipe_file": srec.file, "storage": storage}
+        resumed = check_run_json(run, info, {"space_hash": "space", "budget": "budget", "searcher": "searcher",
+                                             "search_recipe": "search recipe (or --max-evals)",
+                                             "train": "supernet training (recipe, data or --supernet)",
+                                             "seed": "seed"})
+        log = _Log(run / "search.log", progress)
+        log(f"{'resumed' if resumed else 'started'}: {target.name} ({space_file}), {bud.describe()}, "
+            f"searcher {srec.searcher}, seed {seed}; " + "; ".join(notes))
+        # 4. supernet
+        sr = None
+        if evaluator is None:
+            sup_dir = Path(supernet) if supernet is not None else run / "supernet"
+            if supernet is None:
+                from nas.train import train_supernet
+                r = train_supernet(space_file, data=data, recipe=rc, out=sup_dir, progress=progress)
+                log(f"supernet: {r.weights} ({r.steps} steps, {r.seconds:.0f} s)")
+            sr = open_supernet(sup_dir)
+            if sr.space.hash != pm.proxy.hash:
+                check_same_dimensions(target, sr.space, where=str(sup_dir))
+                pm = ProxyMap(target, sr.space)
+            evaluate = make_evaluator(sr, "search", srec.batch_size)
+        else:
+            evaluate = evaluator(pm.proxy, "search")
+
+        # 5. the search
+        history = History(run / "history.csv")
+        obj = Objective(pm, bud, evaluate, history, srec.max_evals, progress, desc=f"search ({srec.searcher})")
+        try:
+            cands = _run_searcher(obj, srec, seed, storage, run, target, bud)
+        finally:
+            obj.close()
+            history.close()
+        winner = best(cands)
+        if winner is None:
+            raise NasError(f"none of the {len(cands)} evaluated candidates met the budget ({bud.describe()}) on their "
+                           f"measured mean MACs; widen the budget or use --budget-on worst")
+        log(f"search: {len(cands)} candidates ({obj.new_evals} evaluated now), best {winner.arch_hash} "
+            f"score {winner.score:.4f} target MACs {human(winner.target_macs)}")
+        result = SearchResult(run, target, bud, srec.searcher, winner, _target_arch(target, winner, bud), cands,
+                              obj.new_evals, notes=notes)
+
+        # 6. baseline and validation scores
+        val = make_evaluator(sr, "val", srec.batch_size) if sr is not None else evaluator(pm.proxy, "val")
+        result.val_score = float(val(pm.to_proxy(target.decode(winner.vector))).score)
+        if srec.baseline and srec.searcher != "random":
+            bh = History(run / "baseline.csv")
+            bobj = Objective(pm, bud, evaluate, bh, len(cands), progress, desc="random baseline")
+            try:
+                from nas.search.random_search import random_search
+                random_search(bobj, srec.max_tries, seed)
+            finally:
+                bobj.close()
+                bh.close()
+            result.baseline = best(bobj.requested)
+            if result.baseline is not None:
+                result.baseline_val_score = float(val(pm.to_proxy(target.decode(result.baseline.vector))).score)
+
+        # 7. exports
+        result.files = _export(result, pm, sr, top, srec, seed, proxy_overrides(rc, sr))
+        result.seconds = time.perf_counter() - t0
+        from nas.export import write_json
+        result.files.append(write_json(summary(result), run / "summary.json"))
+        log(table(result))
+    return result
+
+
+def _mean_refusal(where: str | None, why: str = "") -> NasError:
+    return NasError("--budget-on mean bounds the mean MACs measured with the supernet's weights, so the supernet "
+                    "must be trained on the target space itself, but the training recipe defines a proxy "
+                    f"({why or 'space_overrides'}); use --budget-on worst, or a recipe without space_overrides "
+                    "and data with the space's num_classes", file=where)
+
+
+def _run_searcher(obj: Objective, srec: SearchRecipe, seed: int, storage: str | None, run: Path,
+                  target: SearchSpace, bud: Budget) -> list[Candidate]:
+    if srec.searcher == "evolution":
+        from nas.search.evolution import evolution
+        evolution(obj, srec.evolution, srec.max_tries, seed)
+        return list(obj.requested)
+    if srec.searcher == "random":
+        from nas.search.random_search import random_search
+        random_search(obj, srec.max_tries, seed)
+        return list(obj.requested)
+    from nas.search.optuna_search import optuna_search
+    url = storage or f"sqlite:///{(run / 'study.db').resolve()}"
+    name = f"nas-search-{target.name}-{target.hash}-{bud.label()}-{srec.searcher}-{srec.hash()}-s{seed}"
+    return optuna_search(obj, srec, seed, url, name, multi=srec.searcher == "nsga2")
+
+
+def proxy_overrides(rc: Any, sr: Any) -> dict[str, Any]:
+    if sr is not None and getattr(sr, "recipe", None) is not None:
+        return dict(sr.recipe.space_overrides)
+    return dict(rc.space_overrides) if rc is not None else {}
+
+
+def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
+    return replace(target.decode(c.vector), provenance=Provenance(
+        space=target.name, space_hash=target.hash, budget_macs=None if bud.macs is None else bud.macs[1],
+        budget_params=None if bud.params is None else bud.params[1], score=c.score))
+
+
+def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchRecipe, seed: int,
+            overrides: dict[str, Any]) -> list[Path]:
+    from nas.export import export_arch, pareto_front, plot_pareto, write_pareto_csv
+
+    run, target, bud = res.run_dir, res.space, res.budget
+    ranked = sorted((c for c in res.candidates if c.feasible), key=rank_key)
+    files: list[Path] = []
+    for i, c in enumerate(ranked[:top + 1]):
+        arch = _target_arch(target, c, bud)
+        proxy_arch = None if pm.is_identity else pm.to_proxy(arch)
+        header = [f"{'best' if i == 0 else f'rank {i + 1}'} of search {run.name}: target arch ({target.name}, space "
+                  f"hash {target.hash}); retrain it with `nas retrain`",
+                  f"target MACs {c.target_macs} ({human(c.target_macs)}, worst case), params {c.target_params} "
+                  f"({human(c.target_params)})" + (f", mean MACs {c.macs_mean}" if pm.is_identity and c.macs_mean
+                                                   else ""),
+                  f"budget: {bud.describe()}; searcher {res.searcher}, seed {seed}",
+                  f"score: top-1 {c.score:.6f} on the search split (loss {c.loss:.6f}), inherited supernet weights"]
+        if proxy_arch is not None:
+            header.append(f"scored on a proxy (space hash {pm.proxy.hash}, overrides {overrides}): the inherited "
+                          f"weights fit {'best' if i == 0 else 'this'}.proxy.yaml, not this arch")
+        folder, stem = (run, "best") if i == 0 else (run / "top", f"rank{i + 1:02d}-{c.arch_hash}")
+        pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
+        files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header,
+                             None if sr is None else sr.supernet, pprov)
+    mean = bud.on == "mean"
+    x = [(c.macs_mean if mean and c.macs_mean is not None else c.target_macs) for c in res.candidates]
+    feas = [c for c in res.candidates if c.feasible]
+    fx = [(c.macs_mean if mean and c.macs_mean is not None else c.target_macs) for c in feas]
+    front = [feas[i] for i in pareto_front(zip(fx, (c.score for c in feas)))]
+    files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
+                                    "macs": c.macs_mean if mean and c.macs_mean is not None else c.target_macs,
+                                    "params": c.target_params, "feasible": int(c.feasible),
+                                    "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
+    bx = res.best.macs_mean if mean and res.best.macs_mean is not None else res.best.target_macs
+    lines = [] if bud.macs is None else [v for v in bud.macs if v > 0]
+    files.append(plot_pareto([(m, c.score, c.feasible) for m, c in zip(x, res.candidates)],
+                             [(m, c.score) for m, c in zip(
+                                 [c.macs_mean if mean and c.macs_mean is not None else c.target_macs
+                                  for c in front], front)],
+                             (bx, res.best.score), lines, run / "pareto.png",
+                             f"{target.name}: {res.searcher}, {len(res.candidates)} candidates, {bud.describe()}",
+                             xlabel=f"target MACs ({'mean' if mean else 'worst case'}, G)"))
+    return files
+
+
+def summary(r: SearchResult) -> dict[str, Any]:
+    def cand(c: Candidate | None) -> dict[str, Any] | None:
+        return None if c is None else c.to_json()
+    return {"space": r.space.name, "space_hash": r.space.hash, "budget": r.budget.to_dict(),
+            "budget_text": r.budget.describe(), "searcher": r.searcher, "best": cand(r.best),
+            "val_score": r.val_score, "baseline": cand(r.baseline), "baseline_val_score": r.baseline_val_score,
+            "candidates": len(r.candidates), "new_evals": r.new_evals, "seconds": round(r.seconds, 1),
+            "notes": r.notes, "files": [p.name for p in r.files]}
+
+
+def table(r: SearchResult) -> str:
+    """The final table printed by ``nas search``."""
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+    rows = [("", "arch", "target MACs", "params", "search top-1", "val top-1"),
+            (f"winner ({r.searcher})", r.best.arch_hash, human(r.best.target_macs), human(r.best.target_params),
+             fmt(r.best.score), fmt(r.val_score))]
+    if r.baseline is not None:
+        rows.append((f"best of {len(r.candidates)} random", r.baseline.arch_hash, human(r.baseline.target_macs),
+                     human(r.baseline.target_params), fmt(r.baseline.score), fmt(r.baseline_val_score)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"nas search {r.space.name}: {r.budget.describe()}, {r.searcher}; {len(r.candidates)} candidates "
+             f"({r.new_evals} evaluated now), {r.seconds:.0f} s -> {r.run_dir}"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"  note: {n}" for n in r.notes]
+    lines.append("  files: " + ", ".join(sorted({p.name if p.parent == r.run_dir else f"{p.parent.name}/"
+                                                for p in r.files})))
+    return "\n".join(lines)
+
+
+class _Log:
+    """``search.log`` (appended, timestamped) and stderr."""
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        self.path, self.echo = path, echo
+
+    def __call__(self, line: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.echo and "\n" not in line:
+            print(f"nas: {line}", file=sys.stderr)
