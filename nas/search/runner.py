@@ -119,7 +119,13 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
 
-    # 1. training recipe and proxy (no data loaded yet)
+    # 1. the budget against the target's exact reachable range (the lenient mean check if mean may apply)
+    dd = data_dependent(target)
+    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"))
+    bounds = target.cost_bounds()
+    bud.check_reachable(bounds, where=space_file)
+
+    # training recipe and proxy (no data loaded yet)
     train_id: dict[str, Any]
     if supernet is not None:
         sup_dir = Path(supernet)
@@ -135,15 +141,20 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         # with an injected evaluator nothing is trained: no default recipe (and so no proxy) unless given
         rc = load_recipe(recipe if recipe is not None else None if evaluator is not None else DEFAULT_TRAIN_RECIPE)
         where = rc.file
-        proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
+        try:
+            proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
+        except NasError as e:
+            if recipe is not None:
+                raise
+            raise NasError(f"the default training recipe does not fit this space ({e.format()}); give a training "
+                           "recipe with --recipe (its space_overrides may define a proxy) or a trained --supernet",
+                           file=str(DEFAULT_TRAIN_RECIPE)) from None
         train_id = {"recipe_hash": rc.hash(), "data": data}
     check_same_dimensions(target, proxy_space, where=where)
 
-    # 2. budget on the target, checked against the reachable range (provisional mean/worst)
-    dd = data_dependent(target)
+    # 2. budget on the target, checked against the reachable range (now with the proxy known)
     on = budget_on or ("mean" if dd and proxy_space.hash == target.hash else "worst")
-    bud = Budget.resolve(flops, params, target.budget, on)
-    bounds = target.cost_bounds()
+    bud = replace(bud, on=on)
     bud.check_reachable(bounds, where=space_file)
     if on == "mean" and proxy_space.hash != target.hash:
         raise _mean_refusal(where)

@@ -1,0 +1,147 @@
+"""Searchers on a tiny space with a fake evaluator: budgets and bands respected, each arch evaluated once,
+the optimum against brute force, same seed same result, proxies and changed runs refused."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from nas.cli import main
+from nas.cost import cost
+from nas.errors import NasError
+from nas.search.history import History
+from nas.search.runner import search
+from nas.space import load_arch, load_space
+from tests.search.helpers import SMALL_EVOLUTION, TINY, TINY_CF, FakeEvaluator, fake_score, write
+
+BAND = (300_000, 600_000)
+
+
+def fake(space, split):
+    return FakeEvaluator(space, split)
+
+
+def run(tmp: Path, searcher: str, out: str | None = None, **kw):
+    space = kw.pop("space", None) or write(tmp, "tiny.yaml", TINY)
+    if searcher == "evolution" and "search_recipe" not in kw:
+        kw["search_recipe"] = write(tmp, "evo.yaml", SMALL_EVOLUTION)
+    else:
+        kw.setdefault("searcher", searcher)
+    kw.setdefault("flops", f"{BAND[0]}:{BAND[1]}")
+    return search(space, out=tmp / (out or searcher), progress=False, evaluator=kw.pop("evaluator", fake), **kw)
+
+
+def all_archs(space):
+    return [space.decode(v) for v in itertools.product(*(range(len(d.values)) for d in space.dims))]
+
+
+@pytest.mark.parametrize("searcher", ["evolution", "random", "optuna", "nsga2"])
+def test_searcher_respects_the_band_and_evaluates_each_arch_once(tmp_path: Path, searcher: str):
+    r = run(tmp_path, searcher, max_evals=12)
+    space = load_space(tmp_path / "tiny.yaml")
+    rows = list(History(r.run_dir / "history.csv"))
+    assert 0 < len(rows) <= 12 + 1 and len({c.arch_hash for c in rows}) == len(rows)
+    for c in rows:  # the recorded target cost is the arch's own, and inside the band
+        arch = space.decode(c.vector)
+        assert arch.hash() == c.arch_hash and cost(arch).macs == c.target_macs
+        assert BAND[0] <= c.target_macs <= BAND[1] and c.feasible
+        assert c.score == pytest.approx(fake_score(arch))
+    best = load_arch(r.run_dir / "best.yaml")
+    assert BAND[0] <= cost(best).macs <= BAND[1] and best.hash() == r.best.arch_hash
+    assert best.provenance.space_hash == space.hash and best.provenance.score == r.best.score
+    assert max(c.score for c in rows) == r.best.score
+    for f in ("history.csv", "pareto.csv", "pareto.png", "summary.json", "search.log", "run.json"):
+        assert (r.run_dir / f).stat().st_size > 0
+    front = list(csv.DictReader(open(r.run_dir / "pareto.csv")))
+    macs = [int(row["macs"]) for row in front]
+    scores = [float(row["score"]) for row in front]
+    assert macs == sorted(macs) and scores == sorted(scores) and float(front[-1]["score"]) == r.best.score
+
+
+def test_exhaustive_random_search_finds_the_brute_force_optimum(tmp_path: Path):
+    space = load_space(write(tmp_path, "tiny.yaml", TINY))
+    feasible = [a for a in all_archs(space) if BAND[0] <= cost(a).macs <= BAND[1]]
+    r = run(tmp_path, "random", max_evals=10_000)
+    assert len(r.candidates) == len(feasible)  # the whole band, each arch once, nothing outside it
+    assert r.best.score == max(fake_score(a) for a in feasible)
+
+
+def test_params_band_and_top_k_exports(tmp_path: Path):
+    r = run(tmp_path, "evolution", flops=None, params="10K:30K", top=2)
+    assert all(10_000 <= c.target_params <= 30_000 for c in r.candidates)
+    tops = sorted((r.run_dir / "top").glob("rank*.yaml"))
+    assert [p.name[:6] for p in tops] == ["rank02", "rank03"]
+    assert all(10_000 <= cost(load_arch(p)).params <= 30_000 for p in tops)
+
+
+def test_same_seed_same_search_other_seed_other_search(tmp_path: Path):
+    a, b = run(tmp_path, "evolution", "a"), run(tmp_path, "evolution", "b")
+    assert [c.arch_hash for c in a.candidates] == [c.arch_hash for c in b.candidates]
+    assert a.best == b.best
+    c = run(tmp_path, "evolution", "c", seed=1)
+    assert [x.arch_hash for x in c.candidates] != [x.arch_hash for x in a.candidates]
+
+
+def test_evolution_generations_follow_the_recipe(tmp_path: Path):
+    r = run(tmp_path, "evolution", max_evals=40)
+    gens = [c.generation_or_trial for c in r.candidates]
+    assert gens == sorted(gens) and set(gens) <= set(range(5)) and gens.count(0) == 10
+
+
+def test_infeasible_budget_is_one_line_with_the_range_before_anything_runs(tmp_path: Path, capsys):
+    space = write(tmp_path, "tiny.yaml", TINY)
+    out = tmp_path / "never"
+    assert main(["search", str(space), "--flops", "1K", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    b = load_space(space).cost_bounds()
+    assert err.count("\n") == 0 and "reachable MACs range 12.4K .. 839.3K" in err
+    assert b["min_macs"] == 12_448 and not out.exists()
+
+
+def test_proxy_with_other_dimensions_is_refused(tmp_path: Path):
+    for override, what in (("stages[0].dim: 16", "fixes dimension stages[0].dim"),
+                            ("stages[0].dim: {choice: [8, 16]}", "stages[0].dim has 2 values in the proxy and 3")):
+        rec = write(tmp_path, "r.yaml", f"space_overrides:\n  {override}\n")
+        with pytest.raises(NasError, match=re.escape(what)):
+            run(tmp_path, "random", recipe=rec)
+    ok = write(tmp_path, "ok.yaml", "space_overrides:\n  stages[0].dim: {choice: [8, 12, 16]}\n")
+    r = run(tmp_path, "random", "proxy", recipe=ok, max_evals=5)
+    assert "proxy" in " ".join(r.notes) and not (r.run_dir / "best.proxy.safetensors").exists()
+
+
+def test_changed_budget_or_searcher_on_a_run_directory_is_refused(tmp_path: Path):
+    run(tmp_path, "random", "x", max_evals=4)
+    with pytest.raises(NasError, match="another budget"):
+        run(tmp_path, "random", "x", max_evals=4, flops="600K")
+    with pytest.raises(NasError, match="another searcher"):
+        run(tmp_path, "evolution", "x", max_evals=4)
+    with pytest.raises(NasError, match="another search recipe"):
+        run(tmp_path, "random", "x", max_evals=5)
+    assert run(tmp_path, "random", "x", max_evals=4).new_evals == 0  # the same command resumes (all cached)
+
+
+def test_budget_on_mean_changes_which_cf_vit_archs_are_feasible(tmp_path: Path):
+    space = load_space(write(tmp_path, "cf.yaml", TINY_CF))
+    archs = all_archs(space)
+    costs = [cost(a) for a in archs]
+    limit = sorted(c.macs for c in costs)[len(costs) // 2]
+    worst = run(tmp_path, "random", "worst", space=tmp_path / "cf.yaml", flops=str(limit), max_evals=1000,
+                budget_on="worst")
+    mean = run(tmp_path, "random", "mean", space=tmp_path / "cf.yaml", flops=str(limit), max_evals=1000)
+    assert json.loads((mean.run_dir / "run.json").read_text())["budget"]["on"] == "mean"  # the default here
+    w = {c.arch_hash for c in worst.candidates}
+    m = {c.arch_hash for c in mean.candidates if c.feasible}
+    assert w == {a.hash() for a, c in zip(archs, costs) if c.macs <= limit}
+    assert m == {a.hash() for a, c in zip(archs, costs) if (c.macs_min + c.macs_max) // 2 <= limit}
+    assert w < m  # early exit (threshold < 1) lets archs whose worst case breaks the budget in on the mean
+
+
+def test_mean_budget_with_a_proxy_is_refused(tmp_path: Path):
+    write(tmp_path, "cf.yaml", TINY_CF)
+    rec = write(tmp_path, "r.yaml", "space_overrides:\n  stages[0].dim: 8\n")
+    with pytest.raises(NasError, match="--budget-on mean .* trained on the target space itself"):
+        run(tmp_path, "random", space=tmp_path / "cf.yaml", flops="10M", budget_on="mean", recipe=rec)
