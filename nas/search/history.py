@@ -77,22 +77,28 @@ def rank_key(c: Candidate) -> tuple:
     return (-c.score, c.loss, c.target_macs, c.arch_hash)
 
 
+def read_history(path: Path) -> list[Candidate]:
+    """The complete rows of a history file (none if it does not exist); stops at a torn or malformed line."""
+    rows: list[Candidate] = []
+    if not path.exists():
+        return rows
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    for line in lines[1:]:
+        if not line.endswith("\n"):
+            break  # torn last line of a killed writer
+        try:
+            rows.append(Candidate.from_row(next(csv.reader([line]))))
+        except (ValueError, StopIteration):
+            break
+    return rows
+
+
 class History:
     """``history.csv`` of a run: ``cached[hash]`` for every row so far, ``append`` one durable row at a time."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: list[Candidate] = []
-        if path.exists():
-            text = path.read_text(encoding="utf-8", errors="replace")
-            lines = text.splitlines(keepends=True)
-            for line in lines[1:]:
-                if not line.endswith("\n"):
-                    break  # torn last line of a killed writer
-                try:
-                    self.rows.append(Candidate.from_row(next(csv.reader([line]))))
-                except (ValueError, StopIteration):
-                    break
+        self.rows: list[Candidate] = read_history(path)
         seen: dict[str, Candidate] = {}
         for c in self.rows:
             seen.setdefault(c.arch_hash, c)

@@ -231,6 +231,8 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         if srec.baseline and srec.searcher != "random":
             bh = History(run / "baseline.csv")
             bobj = Objective(pm, bud, evaluate, bh, len(cands), progress, desc="random baseline")
+            for c in cands:  # the same evaluation: archs the search scored are not scored again
+                bobj.remember(c)
             try:
                 from nas.search.random_search import random_search
                 random_search(bobj, srec.max_tries, seed)
