@@ -91,14 +91,20 @@ class _Study:
         self.has_set_constraint = hasattr(Trial, "set_constraint")
         cons = None if self.has_set_constraint else (lambda t: [t.user_attrs.get("constraint", 0.0)])
         cfg = recipe.optuna
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                st = optuna.storages.RDBStorage(storage, heartbeat_interval=cfg.heartbeat_interval,
-                                                grace_period=cfg.grace_period)
-        except Exception as e:  # invalid URLs, missing drivers: the user's input
-            raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an RDB URL "
-                           "such as sqlite:///study.db") from None
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    st = optuna.storages.RDBStorage(storage, heartbeat_interval=cfg.heartbeat_interval,
+                                                    grace_period=cfg.grace_period)
+                break
+            except Exception as e:  # invalid URLs, missing drivers: the user's input
+                # two workers creating one new database race on its schema: the loser retries
+                if attempt < 4 and ("UNIQUE constraint failed" in str(e) or "database is locked" in str(e)):
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an "
+                               "RDB URL such as sqlite:///study.db") from None
         if st.engine.dialect.name == "sqlite":
             _sqlite_wal(st)
         if multi:

@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from nas.search.history import read_history
 from nas.search.runner import search
@@ -57,19 +60,48 @@ def test_sigkill_mid_search_then_resume_loses_and_repeats_nothing(tmp_path: Path
     assert resumed.best == reference.best
 
 
-def test_two_optuna_workers_on_one_sqlite_study_evaluate_no_arch_twice(tmp_path: Path):
-    space = write(tmp_path, "tiny.yaml", TINY)
-    rec = write(tmp_path, "tpe.yaml", "searcher: optuna\nmax_evals: 12\nbaseline: false\n"
-                                      "optuna: {n_startup_trials: 4, heartbeat_interval: 1, grace_period: 3}\n")
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    kw = {"space": str(space), "flops": "300K:600K", "search_recipe": str(rec), "storage": storage, "sleep": 0.1}
-    procs = [worker(**kw, out=str(tmp_path / f"w{i}")) for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-2000:]
+TPE = ("searcher: optuna\nmax_evals: 12\nbaseline: false\n"
+       "optuna: {n_startup_trials: 4, heartbeat_interval: 1, grace_period: 3}\n")
+
+
+def check_shared_work(tmp_path: Path) -> None:
     a, b = rows(tmp_path / "w0" / "history.csv"), rows(tmp_path / "w1" / "history.csv")
     assert a and b, "both workers evaluated"
     assert len(set(a + b)) == len(a + b), "an arch was evaluated by both workers or twice by one"
     assert 12 <= len(a + b) <= 13  # the study's budget, at most one past it per extra worker
     best = {json.loads((tmp_path / w / "summary.json").read_text())["best"]["arch_hash"] for w in ("w0", "w1")}
     assert len(best) == 1  # both report the study's best
+
+
+def test_two_optuna_workers_on_one_sqlite_study_evaluate_no_arch_twice(tmp_path: Path):
+    """Two workers in threads (each its own storage connection, heartbeat and history): the claim protocol is
+    the storage's, so this is the two-process case without two torch imports."""
+    kw = {"space": write(tmp_path, "tiny.yaml", TINY), "flops": "300K:600K",
+          "search_recipe": write(tmp_path, "tpe.yaml", TPE), "storage": f"sqlite:///{tmp_path / 'shared.db'}"}
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            search(**kw, out=tmp_path / f"w{i}", progress=False,
+                   evaluator=lambda s, split: FakeEvaluator(s, split, sleep=0.1))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    check_shared_work(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_optuna_worker_processes_on_one_sqlite_study_evaluate_no_arch_twice(tmp_path: Path):
+    kw = {"space": str(write(tmp_path, "tiny.yaml", TINY)), "flops": "300K:600K",
+          "search_recipe": str(write(tmp_path, "tpe.yaml", TPE)), "storage": f"sqlite:///{tmp_path / 'shared.db'}",
+          "sleep": 0.1}
+    procs = [worker(**kw, out=str(tmp_path / f"w{i}")) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    check_shared_work(tmp_path)
