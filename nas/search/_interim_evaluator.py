@@ -28,8 +28,14 @@ class SupernetRun:
     space: Any
     supernet: Any
     recipe: Any
-    data: Any
+    data: str
     run_dir: Path
+
+    def splits(self) -> Any:
+        from nas.data import load_data
+        t = self.space.template()
+        return load_data(self.data, t["input"]["size"], t["input"]["channels"], seed=self.recipe.seed,
+                         holdout=self.recipe.data.holdout, limit=self.recipe.data.limit)
 
 
 def load_supernet_run(run_dir: str | Path, data: str | None = None) -> SupernetRun:
@@ -37,7 +43,6 @@ def load_supernet_run(run_dir: str | Path, data: str | None = None) -> SupernetR
 
     from safetensors.torch import load_model
 
-    from nas.data import load_data
     from nas.space import load_space
     from nas.supernet import Supernet
     from nas.train.recipe import load_recipe
@@ -49,10 +54,7 @@ def load_supernet_run(run_dir: str | Path, data: str | None = None) -> SupernetR
     torch.manual_seed(0)
     sn = Supernet(space)
     load_model(sn, str(run / "supernet.safetensors"))
-    t = space.template()
-    splits = load_data(data or info["data"]["spec"], t["input"]["size"], t["input"]["channels"], seed=recipe.seed,
-                       holdout=recipe.data.holdout, limit=recipe.data.limit)
-    return SupernetRun(space, sn.eval(), recipe, splits, run)
+    return SupernetRun(space, sn.eval(), recipe, data or info["data"]["spec"], run)
 
 
 class Evaluator:

@@ -52,21 +52,23 @@ RUN_FORMAT = "nas-search-run/1"
 
 
 # --- the evaluator interface (one place) --------------------------------------------------------------
-def _evaluator_module() -> Any:
+def open_supernet(run_dir: Path) -> tuple[Any, Any]:
+    """A trained supernet run (``.space``: the space it was trained on, ``.supernet``, ``.recipe``) and the data
+    splits it was trained with (``search`` and ``val`` are what candidates are scored on)."""
     try:
-        from nas.search import evaluator
+        from nas.train.rundir import load_supernet_run  # type: ignore[attr-defined]
     except ImportError:
-        from nas.search import _interim_evaluator as evaluator
-    return evaluator
+        from nas.search._interim_evaluator import load_supernet_run
+    sr = load_supernet_run(run_dir)
+    return sr, sr.splits()
 
 
-def open_supernet(run_dir: Path) -> Any:
-    """A trained supernet run (``.space``: the space it was trained on, ``.supernet``, ``.recipe``, ``.data``)."""
-    return _evaluator_module().load_supernet_run(run_dir)
-
-
-def make_evaluator(sr: Any, split: str, batch_size: int) -> Evaluate:
-    return _evaluator_module().Evaluator(sr.supernet, sr.data, split, batch_size=batch_size)
+def make_evaluator(sr: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
+    try:
+        from nas.search.evaluator import Evaluator
+    except ImportError:
+        from nas.search._interim_evaluator import Evaluator  # type: ignore[assignment]
+    return Evaluator(sr.supernet, splits, split, batch_size=batch_size)
 
 
 # --- result -------------------------------------------------------------------------------------------
@@ -200,11 +202,11 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                 from nas.train import train_supernet
                 r = train_supernet(space_file, data=data, recipe=rc, out=sup_dir, progress=progress)
                 log(f"supernet: {r.weights} ({r.steps} steps, {r.seconds:.0f} s)")
-            sr = open_supernet(sup_dir)
+            sr, sr_splits = open_supernet(sup_dir)
             if sr.space.hash != pm.proxy.hash:
                 check_same_dimensions(target, sr.space, where=str(sup_dir))
                 pm = ProxyMap(target, sr.space)
-            evaluate = make_evaluator(sr, "search", srec.batch_size)
+            evaluate = make_evaluator(sr, sr_splits, "search", srec.batch_size)
         else:
             evaluate = evaluator(pm.proxy, "search")
 
@@ -226,7 +228,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                               obj.new_evals, notes=notes)
 
         # 6. baseline and validation scores
-        val = make_evaluator(sr, "val", srec.batch_size) if sr is not None else evaluator(pm.proxy, "val")
+        val = make_evaluator(sr, sr_splits, "val", srec.batch_size) if sr is not None else evaluator(pm.proxy, "val")
         result.val_score = float(val(pm.to_proxy(target.decode(winner.vector))).score)
         if srec.baseline and srec.searcher != "random":
             bh = History(run / "baseline.csv")
