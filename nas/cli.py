@@ -14,6 +14,7 @@ from typing import Any
 from nas import __version__
 from nas.errors import NasError
 from nas.limits import MAX_SAMPLES, check_folder
+from nas.space.schema import human
 
 
 class UsageError(NasError):
@@ -49,16 +50,6 @@ def path_arg(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     return text
-
-
-
-
-def human(n: float) -> str:
-    """1260000000 -> '1.26G'."""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
-    return str(n)
 
 
 # --- commands -----------------------------------------------------------------------------------------

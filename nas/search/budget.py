@@ -25,17 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.errors import NasError
-from nas.space.schema import parse_size
+from nas.space.schema import human, parse_size
 
 BUDGET_ON = ("worst", "mean")
-
-
-def human(n: float) -> str:
-    """1260000000 -> '1.26G' (three significant digits)."""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
-    return f"{n:.3g}" if isinstance(n, float) else str(n)
 
 
 def parse_range(text: str, flag: str) -> tuple[int, int]:

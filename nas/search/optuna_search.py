@@ -100,7 +100,8 @@ class _Study:
                 break
             except Exception as e:  # invalid URLs, missing drivers: the user's input
                 # two workers creating one new database race on its schema: the loser retries
-                if attempt < 4 and ("UNIQUE constraint failed" in str(e) or "database is locked" in str(e)):
+                from sqlalchemy.exc import DBAPIError
+                if attempt < 4 and isinstance(e, DBAPIError):  # e.g. "table already exists", "locked"
                     time.sleep(0.2 * (attempt + 1))
                     continue
                 raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an "

@@ -68,6 +68,14 @@ def parse_size(text: str | int | float) -> int:
     return int(round(value))
 
 
+def human(n: float) -> str:
+    """The inverse of ``parse_size`` for display: 1260000000 -> '1.26G' (three significant digits)."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}" if n / scale < 100 else f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
 # --- reading mappings ---------------------------------------------------------------------------------
 class Reader:
     """Takes keys out of a mapping Node; ``done()`` rejects whatever is left (with a did-you-mean)."""
