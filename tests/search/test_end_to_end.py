@@ -72,6 +72,11 @@ def test_end_to_end_on_the_target_and_on_a_proxy(tmp_path: Path, capsys):
     for f in ("pareto.csv", "pareto.png", "summary.json", "search.log", "baseline.csv"):
         assert (out / f).stat().st_size > 0
     assert len(list((out / "top").glob("*.safetensors"))) == 1
+    again = tmp_path / "again"  # --supernet: search a trained supernet, no training
+    assert main([str(a) for a in ("search", space, "--flops", limit, "--supernet", out / "supernet", "--searcher",
+                                  "random", "--max-evals", 4, "--out", again)]) == 0
+    assert not (again / "supernet").exists() and len(read_history(again / "history.csv")) == 4
+    load_arch(again / "best.yaml")
 
     out = tmp_path / "proxy"
     assert main(["search", *common, "--recipe", str(write(tmp_path, "p.yaml", PROXY)), "--out", str(out)]) == 0

@@ -122,6 +122,9 @@ def test_changed_budget_or_searcher_on_a_run_directory_is_refused(tmp_path: Path
     with pytest.raises(NasError, match="another search recipe"):
         run(tmp_path, "random", "x", max_evals=5)
     assert run(tmp_path, "random", "x", max_evals=4).new_evals == 0  # the same command resumes (all cached)
+    first = run(tmp_path, "optuna", "y", max_evals=5)
+    again = run(tmp_path, "optuna", "y", max_evals=5)  # resumes from the study: nothing evaluated again
+    assert again.new_evals == 0 and again.best == first.best
 
 
 def test_budget_on_mean_changes_which_cf_vit_archs_are_feasible(tmp_path: Path):
