@@ -5,7 +5,8 @@ the one every budget is checked on. A training recipe's ``space_overrides`` (and
 define a *proxy*: the same decisions at another resolution, patch size or width. A candidate is one vector of
 choice indices; ``target.decode(v)`` is what the budget sees, ``proxy.decode(v)`` what the supernet scores.
 That mapping is one-to-one only when both spaces have the same dimensions, in the same order, each with the
-same number of values; ``ProxyMap`` refuses anything else, naming the dimension.
+same number of values; ``ProxyMap`` refuses anything else, naming the dimension (``nas.space.proxy`` owns
+that rule and the mapping; this module adds the search's view: which side the budget and the weights are on).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.space import SearchSpace
+from nas.space.proxy import check_proxy, to_proxy, to_target
 
 
 @dataclass(frozen=True)
@@ -30,27 +32,18 @@ class ProxyMap:
         return self.target.hash == self.proxy.hash
 
     def to_proxy(self, arch: Arch) -> Arch:
-        return arch if self.is_identity else self.proxy.decode(self.target.encode(arch))
+        return arch if self.is_identity else to_proxy(arch, self.target, self.proxy)
 
     def to_target(self, arch: Arch) -> Arch:
-        return arch if self.is_identity else self.target.decode(self.proxy.encode(arch))
+        return arch if self.is_identity else to_target(arch, self.proxy, self.target)
 
 
 def check_same_dimensions(target: SearchSpace, proxy: SearchSpace, where: str | None = None) -> None:
-    """NasError unless ``proxy`` has the dimensions of ``target`` (same paths, order, number of values)."""
-    t = {d.path: d for d in target.dims}
-    p = {d.path: d for d in proxy.dims}
-    rule = ("a proxy (the training recipe's space_overrides) must keep every searchable dimension of the target "
-            "space with the same number of values, so that candidates map one-to-one")
-    for path, d in t.items():
-        if path not in p:
-            raise NasError(f"the proxy fixes dimension {path} (line {d.line} of {target.file}: {len(d.values)} "
-                           f"values in the target); {rule}", file=where, key=path)
-        if len(p[path].values) != len(d.values):
-            raise NasError(f"dimension {path} has {len(p[path].values)} values in the proxy and {len(d.values)} "
-                           f"in the target (line {d.line} of {target.file}); {rule}", file=where, key=path)
-    for path in p:
-        if path not in t:
-            raise NasError(f"the proxy adds dimension {path}, which the target fixes; {rule}", file=where, key=path)
-    if [d.path for d in target.dims] != [d.path for d in proxy.dims]:
-        raise NasError(f"the proxy orders the dimensions differently from the target; {rule}", file=where)
+    """``nas.space.proxy.check_proxy``, with the error located at ``where`` (the training recipe whose
+    overrides made the proxy, or the supernet run) when given."""
+    try:
+        check_proxy(target, proxy)
+    except NasError as e:
+        if where is None:
+            raise
+        raise NasError(e.message, file=where, key=e.key) from None

@@ -55,19 +55,13 @@ RUN_FORMAT = "nas-search-run/1"
 def open_supernet(run_dir: Path) -> tuple[Any, Any]:
     """A trained supernet run (``.space``: the space it was trained on, ``.supernet``, ``.recipe``) and the data
     splits it was trained with (``search`` and ``val`` are what candidates are scored on)."""
-    try:
-        from nas.train.rundir import load_supernet_run  # type: ignore[attr-defined]
-    except ImportError:
-        from nas.search._interim_evaluator import load_supernet_run
+    from nas.train.rundir import load_supernet_run
     sr = load_supernet_run(run_dir)
     return sr, sr.splits()
 
 
 def make_evaluator(sr: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
-    try:
-        from nas.search.evaluator import Evaluator
-    except ImportError:
-        from nas.search._interim_evaluator import Evaluator  # type: ignore[assignment]
+    from nas.search.evaluator import Evaluator
     return Evaluator(sr.supernet, splits, split, batch_size=batch_size)
 
 

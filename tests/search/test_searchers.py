@@ -103,8 +103,10 @@ def test_infeasible_budget_is_one_line_with_the_range_before_anything_runs(tmp_p
 
 
 def test_proxy_with_other_dimensions_is_refused(tmp_path: Path):
-    for override, what in (("stages[0].dim: 16", "fixes dimension stages[0].dim"),
-                            ("stages[0].dim: {choice: [8, 16]}", "stages[0].dim has 2 values in the proxy and 3")):
+    for override, what in (("stages[0].dim: 16", "r.yaml: stages[0].dim: the proxy space has no dimension "
+                                                 "stages[0].dim"),
+                            ("stages[0].dim: {choice: [8, 16]}", "r.yaml: stages[0].dim: dimension stages[0].dim has "
+                                                                 "3 values [16, 24, 32] in the target")):
         rec = write(tmp_path, "r.yaml", f"space_overrides:\n  {override}\n")
         with pytest.raises(NasError, match=re.escape(what)):
             run(tmp_path, "random", recipe=rec)
