@@ -162,7 +162,8 @@ class _Study:
         if not obj.precheck(arch):
             c = obj.cost(arch)
             trial.set_user_attr("rejected", True)
-            self.constrain(trial, max(obj.budget.violation(c.macs_min, c.params), 1e-9))
+            macs = c.macs_min if obj.budget.on == "mean" else c.macs  # the best the arch could do
+            self.constrain(trial, max(obj.budget.violation(macs, c.params), 1e-9))
             return (0.0, float(c.macs)) if self.multi else 0.0
         cand = self.claim(trial, h, arch)
         self.constrain(trial, 0.0 if cand.feasible else max(obj.budget.violation(

@@ -79,6 +79,7 @@ class SearchResult:
     baseline: Candidate | None = None       # the best of the same number of random candidates
     val_score: float | None = None          # winner's top-1 on the validation split
     baseline_val_score: float | None = None
+    baseline_evals: int = 0                 # random candidates the baseline scored (as many as the search's)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -95,6 +96,19 @@ def data_dependent(space: SearchSpace) -> bool:
 
 
 # --- the job ------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """Everything decided before the run directory is touched (all cheap checks passed)."""
+    space_file: str
+    target: SearchSpace
+    srec: SearchRecipe
+    budget: Budget
+    proxy: ProxyMap
+    rc: Any                       # the training recipe (None with --supernet)
+    train_id: dict[str, Any]      # what identifies the supernet in run.json
+    notes: list[str]
+
+
 def search(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
            searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str = "builtin",
            recipe: str | Path | None = None, search_recipe: str | Path | None = None,
@@ -107,104 +121,43 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
     tests pass fast deterministic fakes through it.
     """
     t0 = time.perf_counter()
-    space_file = str(space)
-    target = load_space(space_file)
-    srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
-    if top < 0:
-        raise NasError(f"--top must be >= 0, got {top}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
-
-    # 1. the budget against the target's exact reachable range (the lenient mean check if mean may apply)
-    dd = data_dependent(target)
-    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"))
-    bounds = target.cost_bounds()
-    bud.check_reachable(bounds, where=space_file)
-
-    # training recipe and proxy (no data loaded yet)
-    train_id: dict[str, Any]
-    if supernet is not None:
-        sup_dir = Path(supernet)
-        if not (sup_dir / "space.yaml").exists() or not (sup_dir / "supernet.safetensors").exists():
-            raise NasError("--supernet: not a finished supernet run (needs space.yaml and supernet.safetensors; "
-                           "train one with `nas train-supernet`)", file=str(sup_dir))
-        proxy_space = load_space(sup_dir / "space.yaml")
-        train_id = {"supernet": str(sup_dir.resolve()), "space_hash": proxy_space.hash}
-        where = str(sup_dir / "space.yaml")
-        rc = None
-    else:
-        from nas.train.recipe import load_recipe
-        # with an injected evaluator nothing is trained: no default recipe (and so no proxy) unless given
-        rc = load_recipe(recipe if recipe is not None else None if evaluator is not None else DEFAULT_TRAIN_RECIPE)
-        where = rc.file
-        try:
-            proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
-        except NasError as e:
-            if recipe is not None:
-                raise
-            raise NasError(f"the default training recipe does not fit this space ({e.format()}); give a training "
-                           "recipe with --recipe (its space_overrides may define a proxy) or a trained --supernet",
-                           file=str(DEFAULT_TRAIN_RECIPE)) from None
-        train_id = {"recipe_hash": rc.hash(), "data": data}
-    check_same_dimensions(target, proxy_space, where=where)
-
-    # 2. budget on the target, checked against the reachable range (now with the proxy known)
-    on = budget_on or ("mean" if dd and proxy_space.hash == target.hash else "worst")
-    bud = replace(bud, on=on)
-    bud.check_reachable(bounds, where=space_file)
-    if on == "mean" and proxy_space.hash != target.hash:
-        raise _mean_refusal(where)
-
-    # the resolved proxy (num_classes from the data) before the run directory, which names the budget
-    splits = None
-    if supernet is None and evaluator is None:
-        from nas.train.spos import resolve
-        proxy_space, splits, _ = resolve(space_file, data, rc)
-        if proxy_space.hash != target.hash and on == "mean":
-            if budget_on == "mean":
-                raise _mean_refusal(where, f"data {data!r} has {splits.num_classes} classes, the space "
-                                           f"{target.template()['num_classes']}")
-            on = "worst"
-            bud = replace(bud, on=on)
-    pm = ProxyMap(target, proxy_space)
-    notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
-                                       budget_on is None and on == "mean" else
-                                       " (default)" if budget_on is None else "")]
-    if not pm.is_identity:
-        notes.append(f"scored on a proxy of the target (space hash {proxy_space.hash}); budget checked on the target")
-
-    # 3. run directory
+    p = _plan(str(space), flops, params, budget_on, searcher, max_evals, top, data, recipe, search_recipe, supernet,
+              storage, seed, evaluator is not None)
+    target, srec, bud = p.target, p.srec, p.budget
     run = Path(out) if out is not None else default_out(target, bud, srec.searcher, seed)
     from nas.train.rundir import RunLock, check_run_json
     with RunLock(run, activity="searching"):
         info = {"format": RUN_FORMAT, "space_hash": target.hash, "budget": bud.to_dict(), "searcher": srec.searcher,
-                "search_recipe": srec.hash(), "train": train_id, "seed": seed,
-                "space": {"name": target.name, "file": space_file},
-                "search_recipe_file": srec.file, "storage": storage}
+                "search_recipe": srec.hash(), "train": p.train_id, "seed": seed,
+                "space": {"name": target.name, "file": p.space_file}, "search_recipe_file": srec.file,
+                "storage": storage}
         resumed = check_run_json(run, info, {"space_hash": "space", "budget": "budget", "searcher": "searcher",
                                              "search_recipe": "search recipe (or --max-evals)",
                                              "train": "supernet training (recipe, data or --supernet)",
                                              "seed": "seed"})
         log = _Log(run / "search.log", progress)
-        log(f"{'resumed' if resumed else 'started'}: {target.name} ({space_file}), {bud.describe()}, "
-            f"searcher {srec.searcher}, seed {seed}; " + "; ".join(notes))
-        # 4. supernet
+        log(f"{'resumed' if resumed else 'started'}: {target.name} ({p.space_file}), {bud.describe()}, "
+            f"searcher {srec.searcher}, seed {seed}; " + "; ".join(p.notes))
+
+        # the supernet (trained here unless given) and the evaluators of its search and val splits
         sr = None
         if evaluator is None:
             sup_dir = Path(supernet) if supernet is not None else run / "supernet"
             if supernet is None:
                 from nas.train import train_supernet
-                r = train_supernet(space_file, data=data, recipe=rc, out=sup_dir, progress=progress)
+                r = train_supernet(p.space_file, data=data, recipe=p.rc, out=sup_dir, progress=progress)
                 log(f"supernet: {r.weights} ({r.steps} steps, {r.seconds:.0f} s)")
-            sr, sr_splits = open_supernet(sup_dir)
-            if sr.space.hash != pm.proxy.hash:
+            sr, splits = open_supernet(sup_dir)
+            if sr.space.hash != p.proxy.proxy.hash:
                 check_same_dimensions(target, sr.space, where=str(sup_dir))
-                pm = ProxyMap(target, sr.space)
-            evaluate = make_evaluator(sr, sr_splits, "search", srec.batch_size)
+                p.proxy = ProxyMap(target, sr.space)
+            evaluate = make_evaluator(sr, splits, "search", srec.batch_size)
+            val = make_evaluator(sr, splits, "val", srec.batch_size)
         else:
-            evaluate = evaluator(pm.proxy, "search")
+            evaluate, val = evaluator(p.proxy.proxy, "search"), evaluator(p.proxy.proxy, "val")
+        pm = p.proxy
 
-        # 5. the search
+        # the search: every evaluation appended to history.csv as it completes
         history = History(run / "history.csv")
         obj = Objective(pm, bud, evaluate, history, srec.max_evals, progress, desc=f"search ({srec.searcher})")
         try:
@@ -219,33 +172,104 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         log(f"search: {len(cands)} candidates ({obj.new_evals} evaluated now), best {winner.arch_hash} "
             f"score {winner.score:.4f} target MACs {human(winner.target_macs)}")
         result = SearchResult(run, target, bud, srec.searcher, winner, _target_arch(target, winner, bud), cands,
-                              obj.new_evals, notes=notes)
+                              obj.new_evals, notes=p.notes)
 
-        # 6. baseline and validation scores
-        val = make_evaluator(sr, sr_splits, "val", srec.batch_size) if sr is not None else evaluator(pm.proxy, "val")
+        # the random baseline at the same number of evaluations; both winners on the validation split
         result.val_score = float(val(pm.to_proxy(target.decode(winner.vector))).score)
         if srec.baseline and srec.searcher != "random":
-            bh = History(run / "baseline.csv")
-            bobj = Objective(pm, bud, evaluate, bh, len(cands), progress, desc="random baseline")
-            for c in cands:  # the same evaluation: archs the search scored are not scored again
-                bobj.remember(c)
-            try:
-                from nas.search.random_search import random_search
-                random_search(bobj, srec.max_tries, seed)
-            finally:
-                bobj.close()
-                bh.close()
-            result.baseline = best(bobj.requested)
+            result.baseline, result.baseline_evals = _baseline(pm, bud, evaluate, cands, run, srec, seed, progress)
             if result.baseline is not None:
                 result.baseline_val_score = float(val(pm.to_proxy(target.decode(result.baseline.vector))).score)
 
-        # 7. exports
-        result.files = _export(result, pm, sr, top, srec, seed, proxy_overrides(rc, sr))
+        result.files = _export(result, pm, sr, top, srec, seed, proxy_overrides(p.rc, sr))
         result.seconds = time.perf_counter() - t0
         from nas.export import write_json
         result.files.append(write_json(summary(result), run / "summary.json"))
         log(table(result))
     return result
+
+
+def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str | None, searcher: str | None,
+          max_evals: int | None, top: int, data: str, recipe: str | Path | None, search_recipe: str | Path | None,
+          supernet: str | Path | None, storage: str | None, seed: int, injected: bool) -> _Plan:
+    """Every check that needs no training, cheapest first: the budget before the training recipe."""
+    target = load_space(space_file)
+    srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
+    if top < 0:
+        raise NasError(f"--top must be >= 0, got {top}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
+    if storage is not None and srec.searcher not in ("optuna", "nsga2"):
+        raise NasError(f"--storage holds an Optuna study: it applies to --searcher optuna or nsga2, not "
+                       f"{srec.searcher}")
+
+    # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
+    dd = data_dependent(target)
+    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"))
+    bounds = target.cost_bounds()
+    bud.check_reachable(bounds, where=space_file)
+
+    # the training recipe and the proxy it defines (no data loaded yet)
+    rc = None
+    if supernet is not None:
+        sup_dir = Path(supernet)
+        if not (sup_dir / "space.yaml").exists() or not (sup_dir / "supernet.safetensors").exists():
+            raise NasError("--supernet: not a finished supernet run (needs space.yaml and supernet.safetensors; "
+                           "train one with `nas train-supernet`)", file=str(sup_dir))
+        proxy_space = load_space(sup_dir / "space.yaml")
+        train_id: dict[str, Any] = {"supernet": str(sup_dir.resolve()), "space_hash": proxy_space.hash}
+        where: str | None = str(sup_dir / "space.yaml")
+    else:
+        from nas.train.recipe import load_recipe
+        # with an injected evaluator nothing is trained: no default recipe (and so no proxy) unless given
+        rc = load_recipe(recipe if recipe is not None else None if injected else DEFAULT_TRAIN_RECIPE)
+        where = rc.file
+        try:
+            proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
+        except NasError as e:
+            if recipe is not None:
+                raise
+            raise NasError(f"the default training recipe does not fit this space ({e.format()}); give a training "
+                           "recipe with --recipe (its space_overrides may define a proxy) or a trained --supernet",
+                           file=str(DEFAULT_TRAIN_RECIPE)) from None
+        train_id = {"recipe_hash": rc.hash(), "data": data}
+    check_same_dimensions(target, proxy_space, where=where)
+    if not injected and supernet is None:  # num_classes follows the data: resolve exactly as training will
+        from nas.train.spos import resolve
+        proxy_space, splits, _ = resolve(space_file, data, rc)
+        why = f"data {data!r} has {splits.num_classes} classes, the space {target.template()['num_classes']}"
+    else:
+        why = ""
+
+    on = budget_on or ("mean" if dd and proxy_space.hash == target.hash else "worst")
+    if on == "mean" and proxy_space.hash != target.hash:
+        raise _mean_refusal(where, why if not rc or not rc.space_overrides else "")
+    bud = replace(bud, on=on)
+    bud.check_reachable(bounds, where=space_file)
+    pm = ProxyMap(target, proxy_space)
+    notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
+                                       budget_on is None and on == "mean" else
+                                       " (default)" if budget_on is None else "")]
+    if not pm.is_identity:
+        notes.append(f"scored on a proxy of the target (space hash {proxy_space.hash}); budget checked on the target")
+    return _Plan(space_file, target, srec, bud, pm, rc, train_id, notes)
+
+
+def _baseline(pm: ProxyMap, bud: Budget, evaluate: Evaluate, cands: list[Candidate], run: Path,
+              srec: SearchRecipe, seed: int, progress: bool) -> tuple[Candidate | None, int]:
+    """Random search at the search's number of evaluations, into ``baseline.csv``; (its best, its count)."""
+    from nas.search.random_search import random_search
+
+    history = History(run / "baseline.csv")
+    obj = Objective(pm, bud, evaluate, history, len(cands), progress, desc="random baseline")
+    for c in cands:  # the same evaluation: archs the search scored are not scored again
+        obj.remember(c)
+    try:
+        random_search(obj, srec.max_tries, seed)
+    finally:
+        obj.close()
+        history.close()
+    return best(obj.requested), len(obj.requested)
 
 
 def _mean_refusal(where: str | None, why: str = "") -> NasError:
@@ -346,7 +370,7 @@ def table(r: SearchResult) -> str:
             (f"winner ({r.searcher})", r.best.arch_hash, human(r.best.target_macs), human(r.best.target_params),
              fmt(r.best.score), fmt(r.val_score))]
     if r.baseline is not None:
-        rows.append((f"best of {len(r.candidates)} random", r.baseline.arch_hash, human(r.baseline.target_macs),
+        rows.append((f"best of {r.baseline_evals} random", r.baseline.arch_hash, human(r.baseline.target_macs),
                      human(r.baseline.target_params), fmt(r.baseline.score), fmt(r.baseline_val_score)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"nas search {r.space.name}: {r.budget.describe()}, {r.searcher}; {len(r.candidates)} candidates "
