@@ -86,3 +86,20 @@ def test_end_to_end_on_the_target_and_on_a_proxy(tmp_path: Path, capsys):
     build_model(proxy).load_state_dict(load_file(out / "best.proxy.safetensors"))
     assert not (out / "best.safetensors").exists()
     assert "proxy" in (out / "best.yaml").read_text().split("format:")[0]  # the header says so
+
+
+def test_mean_budget_uses_the_mean_macs_measured_with_inherited_weights(tmp_path: Path):
+    """CF-ViT at target scale: the default budget is on the mean; feasibility follows the measured mean."""
+    from tests.search.helpers import TINY_CF
+    space = write(tmp_path, "cf.yaml", TINY_CF)
+    costs = sorted(cost(a).macs for a in (load_space(space).sample(i) for i in range(40)))
+    limit = costs[len(costs) // 2]
+    out = tmp_path / "cf"
+    assert main([str(a) for a in ("search", space, "--flops", limit, "--data", "synthetic:96", "--recipe",
+                                  write(tmp_path, "r.yaml", RECIPE), "--searcher", "random", "--max-evals", 6,
+                                  "--out", out)]) == 0
+    rows = read_history(out / "history.csv")
+    assert rows and all(c.macs_mean is not None and c.macs_mean <= c.target_macs for c in rows)
+    assert all(c.feasible == (c.macs_mean <= limit) for c in rows)
+    assert "budget on mean MACs" in (out / "search.log").read_text()
+    build_model(load_arch(out / "best.yaml")).load_state_dict(load_file(out / "best.safetensors"))
