@@ -21,7 +21,7 @@ from nas.arch import Arch, Provenance
 from nas.atomic import TMP, atomic_write
 from nas.space import arch_yaml
 
-PARETO_COLUMNS = ("arch_hash", "score", "loss", "macs", "params", "feasible", "vector")
+PARETO_COLUMNS = ("arch_hash", "score", "loss", "objective", "macs", "params", "feasible", "vector")
 
 
 def save_arch_with_header(arch: Arch, path: Path, header: Sequence[str]) -> Path:
@@ -67,8 +67,8 @@ def export_arch(folder: Path, stem: str, target_arch: Arch, proxy_arch: Arch | N
 
 # --- Pareto front -------------------------------------------------------------------------------------
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[int]:
-    """Indices of the points (macs, score) not dominated by another (fewer-or-equal MACs and higher-or-equal
-    score, one strictly), sorted by MACs."""
+    """Indices of the points (macs, objective) not dominated by another (fewer-or-equal MACs and higher-or-equal
+    objective, one strictly), sorted by MACs."""
     pts = list(points)
     order = sorted(range(len(pts)), key=lambda i: (pts[i][0], -pts[i][1]))
     front, best = [], float("-inf")
@@ -104,7 +104,7 @@ def plot_pareto(all_points: Sequence[tuple[float, float, bool]], front: Sequence
             ax.scatter(xs, ys, s=10, c=color, label=label, alpha=0.7, linewidths=0)
     if front:
         ax.plot([m / 1e9 for m, _ in front], [s for _, s in front], "-o", c="tab:orange", ms=3, lw=1.2,
-                label="Pareto front")
+                label="Pareto front (search objective)")
     for i, b in enumerate(budget_lines):
         ax.axvline(b / 1e9, c="tab:red", ls="--", lw=1, label="budget" if i == 0 else None)
     if best is not None:

@@ -13,8 +13,8 @@ resumed evolution replays the uninterrupted one, candidate for candidate.
 
 Decisions where the papers are silent:
 
-- Parents are the top candidates over all generations so far (SPOS keeps a global top-k), ranked by score,
-  then lower loss, fewer MACs, hash.
+- Parents are the top candidates over all generations so far (SPOS keeps a global top-k), ranked by the
+  evaluator's objective (top-1 unless the evaluator defines a finer one), then top-1, loss, fewer MACs, hash.
 - When a generation cannot be filled within ``max_tries`` draws per candidate (a small or tight space), the
   search goes on with a smaller generation; when generation 0 gets no candidate at all, it stops with a
   ``NasError`` naming the budget.

@@ -17,9 +17,10 @@ from typing import Any, Iterator
 
 from nas.atomic import atomic_write
 
-COLUMNS = ("arch_hash", "generation_or_trial", "score", "loss", "macs", "params", "macs_mean", "target_macs",
-           "target_params", "feasible", "seconds", "vector")
-"""``score`` top-1 on the search split in [0, 1]; ``loss`` its cross-entropy; ``macs``/``params`` the scored
+COLUMNS = ("arch_hash", "generation_or_trial", "score", "loss", "objective", "macs", "params", "macs_mean",
+           "target_macs", "target_params", "feasible", "seconds", "vector")
+"""``score`` top-1 on the search split in [0, 1]; ``loss`` its cross-entropy; ``objective`` what the searchers
+maximise (the evaluator's ``Evaluation.objective`` where it defines one, else the score); ``macs``/``params`` the scored
 (proxy) arch's, ``macs`` its worst case; ``macs_mean`` the measured mean MACs per image (data-dependent archs,
 else empty); ``target_macs``/``target_params`` the target arch's (what the budget bounds, worst case);
 ``feasible`` whether the budget holds (on the mean for a mean budget); ``vector`` the choice indices, '-'-joined."""
@@ -31,6 +32,7 @@ class Candidate:
     generation_or_trial: int
     score: float
     loss: float
+    objective: float
     macs: int
     params: int
     macs_mean: int | None
@@ -41,7 +43,8 @@ class Candidate:
     vector: tuple[int, ...]
 
     def row(self) -> list[str]:
-        return [self.arch_hash, str(self.generation_or_trial), repr(self.score), repr(self.loss), str(self.macs),
+        return [self.arch_hash, str(self.generation_or_trial), repr(self.score), repr(self.loss), repr(self.objective),
+                str(self.macs),
                 str(self.params), "" if self.macs_mean is None else str(self.macs_mean), str(self.target_macs),
                 str(self.target_params), str(int(self.feasible)), f"{self.seconds:.4f}",
                 "-".join(map(str, self.vector))]
@@ -51,9 +54,9 @@ class Candidate:
         """Inverse of ``row``; ValueError on anything malformed (a torn line)."""
         if len(row) != len(COLUMNS) or len(row[0]) != 16:
             raise ValueError(f"expected {len(COLUMNS)} columns")
-        return cls(row[0], int(row[1]), float(row[2]), float(row[3]), int(row[4]), int(row[5]),
-                   int(row[6]) if row[6] else None, int(row[7]), int(row[8]), bool(int(row[9])), float(row[10]),
-                   tuple(int(v) for v in row[11].split("-")) if row[11] else ())
+        return cls(row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]), int(row[5]), int(row[6]),
+                   int(row[7]) if row[7] else None, int(row[8]), int(row[9]), bool(int(row[10])), float(row[11]),
+                   tuple(int(v) for v in row[12].split("-")) if row[12] else ())
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,13 +71,13 @@ class Candidate:
 
 
 def best(candidates: list[Candidate]) -> Candidate | None:
-    """Highest score among the feasible; ties: lower loss, fewer target MACs, then hash (deterministic)."""
+    """Highest objective among the feasible; ties: higher score, lower loss, fewer target MACs, then hash."""
     ok = [c for c in candidates if c.feasible]
     return min(ok, key=rank_key, default=None)
 
 
 def rank_key(c: Candidate) -> tuple:
-    return (-c.score, c.loss, c.target_macs, c.arch_hash)
+    return (-c.objective, -c.score, c.loss, c.target_macs, c.arch_hash)
 
 
 def read_history(path: Path) -> list[Candidate]:

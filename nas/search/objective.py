@@ -22,7 +22,8 @@ from nas.space import SearchSpace
 
 
 class EvaluationLike(Protocol):
-    """What an evaluator returns for one (proxy) arch (``nas.search.evaluator.Evaluation``)."""
+    """What an evaluator returns for one (proxy) arch (``nas.search.evaluator.Evaluation``). Searchers maximise
+    its ``objective`` attribute when it has one, else ``score``."""
     arch_hash: str
     score: float
     loss: float
@@ -101,7 +102,8 @@ class Objective:
         e = self.evaluate(self.proxy.to_proxy(arch))
         tc = self.cost(arch)
         measured = e.macs_mean if self.budget.on == "mean" and e.macs_mean is not None else tc.macs
-        c = Candidate(arch.hash(), step, float(e.score), float(e.loss), int(e.macs), int(e.params),
+        c = Candidate(arch.hash(), step, float(e.score), float(e.loss), float(getattr(e, "objective", e.score)),
+                      int(e.macs), int(e.params),
                       None if e.macs_mean is None else int(e.macs_mean), tc.macs, tc.params,
                       self.budget.admits(measured, tc.params), float(getattr(e, "seconds", time.perf_counter() - t0)),
                       tuple(self.space.encode(arch)))

@@ -40,6 +40,8 @@ from nas.search.objective import Objective
 from nas.search.recipe import SearchRecipe
 
 POLL_S = 0.05
+_WORST = -1e9
+"""The objective told for an arch outside the budget (never evaluated); its constraint marks it infeasible."""
 
 
 def _numeric(values: tuple) -> bool:
@@ -145,7 +147,7 @@ class _Study:
     # --- one trial -----------------------------------------------------------------------------------
     def values(self, c: Candidate) -> float | tuple[float, float]:
         m = c.macs_mean if self.obj.budget.on == "mean" and c.macs_mean is not None else c.target_macs
-        return (c.score, float(m)) if self.multi else c.score
+        return (c.objective, float(m)) if self.multi else c.objective
 
     def constrain(self, trial: Any, violation: float) -> None:
         if self.has_set_constraint:
@@ -164,7 +166,7 @@ class _Study:
             trial.set_user_attr("rejected", True)
             macs = c.macs_min if obj.budget.on == "mean" else c.macs  # the best the arch could do
             self.constrain(trial, max(obj.budget.violation(macs, c.params), 1e-9))
-            return (0.0, float(c.macs)) if self.multi else 0.0
+            return (_WORST, float(c.macs)) if self.multi else _WORST
         cand = self.claim(trial, h, arch)
         self.constrain(trial, 0.0 if cand.feasible else max(obj.budget.violation(
             cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params), 1e-9))
@@ -198,7 +200,9 @@ class _Study:
 
     def _wait(self) -> None:
         time.sleep(POLL_S)
-        self.optuna.storages.fail_stale_trials(self.study)
+        with warnings.catch_warnings():  # "experimental" in Optuna 5
+            warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+            self.optuna.storages.fail_stale_trials(self.study)
 
 
 def optuna_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,

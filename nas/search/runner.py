@@ -331,24 +331,20 @@ def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchReci
         pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
         files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header,
                              None if sr is None else sr.supernet, pprov)
-    mean = bud.on == "mean"
-    x = [(c.macs_mean if mean and c.macs_mean is not None else c.target_macs) for c in res.candidates]
+    def budget_macs(c: Candidate) -> int:  # the MACs the budget bounds: the measured mean or the worst case
+        return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
+
     feas = [c for c in res.candidates if c.feasible]
-    fx = [(c.macs_mean if mean and c.macs_mean is not None else c.target_macs) for c in feas]
-    front = [feas[i] for i in pareto_front(zip(fx, (c.score for c in feas)))]
+    front = [feas[i] for i in pareto_front([(budget_macs(c), c.objective) for c in feas])]
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
-                                    "macs": c.macs_mean if mean and c.macs_mean is not None else c.target_macs,
+                                    "objective": repr(c.objective), "macs": budget_macs(c),
                                     "params": c.target_params, "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
-    bx = res.best.macs_mean if mean and res.best.macs_mean is not None else res.best.target_macs
-    lines = [] if bud.macs is None else [v for v in bud.macs if v > 0]
-    files.append(plot_pareto([(m, c.score, c.feasible) for m, c in zip(x, res.candidates)],
-                             [(m, c.score) for m, c in zip(
-                                 [c.macs_mean if mean and c.macs_mean is not None else c.target_macs
-                                  for c in front], front)],
-                             (bx, res.best.score), lines, run / "pareto.png",
+    files.append(plot_pareto([(budget_macs(c), c.score, c.feasible) for c in res.candidates],
+                             [(budget_macs(c), c.score) for c in front], (budget_macs(res.best), res.best.score),
+                             [] if bud.macs is None else [v for v in bud.macs if v > 0], run / "pareto.png",
                              f"{target.name}: {res.searcher}, {len(res.candidates)} candidates, {bud.describe()}",
-                             xlabel=f"target MACs ({'mean' if mean else 'worst case'}, G)"))
+                             xlabel=f"target MACs ({'mean' if bud.on == 'mean' else 'worst case'}, G)"))
     return files
 
 
