@@ -96,8 +96,8 @@ class Objective:
         self._postfix()
         return c
 
-    def evaluate_new(self, arch: Arch, step: int) -> Candidate:
-        """Evaluate (no cache lookup), record durably, return."""
+    def evaluate_new(self, arch: Arch, step: int, publish: Callable[[Candidate], None] | None = None) -> Candidate:
+        """Evaluate (no cache lookup), ``publish`` the result (shared storage), record it durably, return it."""
         t0 = time.perf_counter()
         e = self.evaluate(self.proxy.to_proxy(arch))
         tc = self.cost(arch)
@@ -107,6 +107,8 @@ class Objective:
                       None if e.macs_mean is None else int(e.macs_mean), tc.macs, tc.params,
                       self.budget.admits(measured, tc.params), float(getattr(e, "seconds", time.perf_counter() - t0)),
                       tuple(self.space.encode(arch)))
+        if publish is not None:
+            publish(c)
         self.history.append(c)
         self.cache[c.arch_hash] = c
         self.new_evals += 1

@@ -192,8 +192,8 @@ class _Study:
             owners = [t.number for t in trials if t.state == RUNNING and t.user_attrs.get("arch_hash") == h
                       and not t.user_attrs.get("duplicate")]
             if min(owners, default=trial.number) >= trial.number:
-                c = obj.evaluate_new(arch, trial.number) if h not in obj.cache else obj.cache[h]
-                trial.set_user_attr("candidate", c.to_json())
+                c = obj.evaluate_new(arch, trial.number,
+                                     publish=lambda c: trial.set_user_attr("candidate", c.to_json()))
                 obj.requested.append(c)
                 return c
             self._wait()
