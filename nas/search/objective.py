@@ -44,7 +44,7 @@ class Objective:
     """
 
     def __init__(self, proxy: ProxyMap, budget: Budget, evaluate: Evaluate, history: History, max_evals: int,
-                 progress: bool = True, desc: str = "search") -> None:
+                 progress: bool = True, desc: str = "search", position: int = 0) -> None:
         self.space: SearchSpace = proxy.target
         self.proxy, self.budget, self.evaluate, self.history = proxy, budget, evaluate, history
         self.max_evals = max_evals
@@ -55,7 +55,7 @@ class Objective:
         self._costs: dict[Arch, Cost] = {}
         from tqdm import tqdm
         self.bar = tqdm(total=max_evals, desc=desc, unit="eval", disable=not progress, dynamic_ncols=True,
-                        file=sys.stderr)
+                        file=sys.stderr, position=position)
 
     # --- budget --------------------------------------------------------------------------------------
     def cost(self, arch: Arch) -> Cost:

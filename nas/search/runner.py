@@ -12,7 +12,8 @@ Order of work (cheap checks first, so bad input fails in well under a second, be
 4. the supernet: trained into ``<run>/supernet`` per the training recipe (resumable), or ``--supernet``;
 5. the searcher, scoring proxy archs with inherited weights on the search split, the budget checked on the
    target archs; every evaluation appended to ``history.csv`` at once, so a killed run resumes losing nothing;
-6. the random baseline at the same number of evaluations, the winner's and the baseline's validation top-1;
+   beside it, in a thread, the random baseline at the same number of evaluations (``baseline.csv``);
+6. the winner's and the baseline's best top-1 on the validation split;
 7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv/png, summary.json.
 
 Run directory ``<out>/`` (default ``runs/<space>-search-<budget>-<searcher>-s<seed>``)::
@@ -26,15 +27,20 @@ Decisions where the papers are silent:
   trained on the target itself, else ``worst``; ``mean`` with a proxy is refused (the measured mean of a proxy
   arch says nothing exact about the target's), and ``summary.json``, the log and the table say which applied.
 - The winner and the baseline's best are re-scored on the validation split (never seen by the search).
+- The baseline runs concurrently with the search (its own supernet copy, half of torch's threads each): on the
+  2-core CPU of the main job the two cost about the wall time of one. An arch both happen to draw is scored
+  by each (the two histories are independent, each resumable on its own).
 - Changing ``--max-evals`` changes the search recipe: a run directory refuses it like any other recipe change.
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from nas.arch import Arch, Provenance
 from nas.errors import NasError
@@ -52,17 +58,16 @@ RUN_FORMAT = "nas-search-run/1"
 
 
 # --- the evaluator interface (one place) --------------------------------------------------------------
-def open_supernet(run_dir: Path) -> tuple[Any, Any]:
-    """A trained supernet run (``.space``: the space it was trained on, ``.supernet``, ``.recipe``) and the data
-    splits it was trained with (``search`` and ``val`` are what candidates are scored on)."""
+def open_supernet(run_dir: Path) -> Any:
+    """A trained supernet run: ``.space`` (the space it was trained on), ``.supernet``, ``.recipe``, and
+    ``.splits()``, the data it was trained with (``search`` and ``val`` are what candidates are scored on)."""
     from nas.train.rundir import load_supernet_run
-    sr = load_supernet_run(run_dir)
-    return sr, sr.splits()
+    return load_supernet_run(run_dir)
 
 
-def make_evaluator(sr: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
+def make_evaluator(supernet: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
     from nas.search.evaluator import Evaluator
-    return Evaluator(sr.supernet, splits, split, batch_size=batch_size)
+    return Evaluator(supernet, splits, split, batch_size=batch_size)
 
 
 # --- result -------------------------------------------------------------------------------------------
@@ -147,24 +152,41 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                 from nas.train import train_supernet
                 r = train_supernet(p.space_file, data=data, recipe=p.rc, out=sup_dir, progress=progress)
                 log(f"supernet: {r.weights} ({r.steps} steps, {r.seconds:.0f} s)")
-            sr, splits = open_supernet(sup_dir)
+            sr = open_supernet(sup_dir)
             if sr.space.hash != p.proxy.proxy.hash:
                 check_same_dimensions(target, sr.space, where=str(sup_dir))
                 p.proxy = ProxyMap(target, sr.space)
-            evaluate = make_evaluator(sr, splits, "search", srec.batch_size)
-            val = make_evaluator(sr, splits, "val", srec.batch_size)
+            splits = sr.splits()
+
+            def new_evaluator(split: str, own_supernet: bool = False) -> Evaluate:
+                net = open_supernet(sup_dir).supernet if own_supernet else sr.supernet
+                return make_evaluator(net, splits, split, srec.batch_size)
         else:
-            evaluate, val = evaluator(p.proxy.proxy, "search"), evaluator(p.proxy.proxy, "val")
+            def new_evaluator(split: str, own_supernet: bool = False) -> Evaluate:
+                return evaluator(p.proxy.proxy, split)
+        evaluate, val = new_evaluator("search"), new_evaluator("val")
         pm = p.proxy
+
+        # the random baseline at the search's number of evaluations runs beside the search, with its own
+        # evaluator and supernet copy (evaluators are not thread-safe): on a CPU they share the cores
+        baseline = None
+        if srec.baseline and srec.searcher != "random":
+            baseline = _Baseline(pm, bud, new_evaluator("search", own_supernet=True), planned_evals(srec), run,
+                                 srec, seed, progress)
 
         # the search: every evaluation appended to history.csv as it completes
         history = History(run / "history.csv")
         obj = Objective(pm, bud, evaluate, history, srec.max_evals, progress, desc=f"search ({srec.searcher})")
-        try:
-            cands = _run_searcher(obj, srec, seed, storage, run, target, bud)
-        finally:
-            obj.close()
-            history.close()
+        with _share_threads(baseline is not None):
+            if baseline is not None:
+                baseline.start()
+            try:
+                cands = _run_searcher(obj, srec, seed, storage, run, target, bud)
+            finally:
+                obj.close()
+                history.close()
+            if baseline is not None:
+                result_baseline = baseline.result(len(cands))
         winner = best(cands)
         if winner is None:
             raise NasError(f"none of the {len(cands)} evaluated candidates met the budget ({bud.describe()}) on their "
@@ -174,10 +196,10 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         result = SearchResult(run, target, bud, srec.searcher, winner, _target_arch(target, winner, bud), cands,
                               obj.new_evals, notes=p.notes)
 
-        # the random baseline at the same number of evaluations; both winners on the validation split
+        # both winners on the validation split
         result.val_score = float(val(pm.to_proxy(target.decode(winner.vector))).score)
-        if srec.baseline and srec.searcher != "random":
-            result.baseline, result.baseline_evals = _baseline(pm, bud, evaluate, cands, run, srec, seed, progress)
+        if baseline is not None:
+            result.baseline, result.baseline_evals = result_baseline
             if result.baseline is not None:
                 result.baseline_val_score = float(val(pm.to_proxy(target.decode(result.baseline.vector))).score)
 
@@ -255,21 +277,60 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
     return _Plan(space_file, target, srec, bud, pm, rc, train_id, notes)
 
 
-def _baseline(pm: ProxyMap, bud: Budget, evaluate: Evaluate, cands: list[Candidate], run: Path,
-              srec: SearchRecipe, seed: int, progress: bool) -> tuple[Candidate | None, int]:
-    """Random search at the search's number of evaluations, into ``baseline.csv``; (its best, its count)."""
-    from nas.search.random_search import random_search
+def planned_evals(srec: SearchRecipe) -> int:
+    """How many candidates the search will evaluate (fewer only when the space runs out of new ones)."""
+    if srec.searcher == "evolution":
+        return min(srec.max_evals, srec.evolution.population * srec.evolution.generations)
+    return srec.max_evals
 
-    history = History(run / "baseline.csv")
-    obj = Objective(pm, bud, evaluate, history, len(cands), progress, desc="random baseline")
-    for c in cands:  # the same evaluation: archs the search scored are not scored again
-        obj.remember(c)
+
+class _Baseline(threading.Thread):
+    """Random search into ``baseline.csv`` (resumable like the search's history), in a thread beside the search.
+    ``result(n)``: the best of its first ``n`` candidates (the search's count) and how many that was."""
+
+    def __init__(self, pm: ProxyMap, bud: Budget, evaluate: Evaluate, n: int, run: Path, srec: SearchRecipe,
+                 seed: int, progress: bool) -> None:
+        super().__init__(name="nas-random-baseline", daemon=True)
+        self.pm, self.bud, self.evaluate, self.n, self.run_dir = pm, bud, evaluate, n, run
+        self.max_tries, self.seed, self.progress = srec.max_tries, seed, progress
+        self.requested: list[Candidate] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from nas.search.random_search import random_search
+        try:
+            history = History(self.run_dir / "baseline.csv")
+            obj = Objective(self.pm, self.bud, self.evaluate, history, self.n, self.progress,
+                            desc="random baseline", position=1)
+            try:
+                random_search(obj, self.max_tries, self.seed)
+            finally:
+                obj.close()
+                history.close()
+            self.requested = obj.requested
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread by result()
+            self.error = e
+
+    def result(self, n: int) -> tuple[Candidate | None, int]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        got = self.requested[:n]
+        return best(got), len(got)
+
+
+@contextmanager
+def _share_threads(parallel: bool) -> Iterator[None]:
+    """Half of torch's CPU threads each for the search and the baseline while both run."""
+    import torch
+
+    n = torch.get_num_threads()
+    if parallel and n > 1:
+        torch.set_num_threads(max(1, n // 2))
     try:
-        random_search(obj, srec.max_tries, seed)
+        yield
     finally:
-        obj.close()
-        history.close()
-    return best(obj.requested), len(obj.requested)
+        torch.set_num_threads(n)
 
 
 def _mean_refusal(where: str | None, why: str = "") -> NasError:
