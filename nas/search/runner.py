@@ -14,12 +14,14 @@ Order of work (cheap checks first, so bad input fails in well under a second, be
    target archs; every evaluation appended to ``history.csv`` at once, so a killed run resumes losing nothing;
    beside it, in a thread, the random baseline at the same number of evaluations (``baseline.csv``);
 6. the winner's and the baseline's best top-1 on the validation split;
-7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv/png, summary.json.
+7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv, summary.json; the pictures
+   (``nas.viz``): pareto.png, best_so_far.png.
 
 Run directory ``<out>/`` (default ``runs/<space>-search-<budget>-<searcher>-s<seed>``)::
 
     run.json  supernet/  history.csv  baseline.csv  study.db (optuna, nsga2)  best.yaml  best.safetensors or
-    best.proxy.yaml + best.proxy.safetensors  top/  pareto.csv  pareto.png  summary.json  search.log  .lock
+    best.proxy.yaml + best.proxy.safetensors  top/  pareto.csv  pareto.png  best_so_far.png  summary.json
+    search.log  .lock
 
 Decisions where the papers are silent:
 
@@ -207,6 +209,8 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         result.seconds = time.perf_counter() - t0
         from nas.export import write_json
         result.files.append(write_json(summary(result), run / "summary.json"))
+        from nas.viz import visualize_search
+        result.files += visualize_search(run, out=run)  # pareto.png, best_so_far.png (reads summary.json)
         log(table(result))
     return result
 
@@ -370,7 +374,8 @@ def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
 
 def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchRecipe, seed: int,
             overrides: dict[str, Any]) -> list[Path]:
-    from nas.export import export_arch, pareto_front, plot_pareto, write_pareto_csv
+    from nas.export import export_arch, write_pareto_csv
+    from nas.viz import pareto_front
 
     run, target, bud = res.run_dir, res.space, res.budget
     ranked = sorted((c for c in res.candidates if c.feasible), key=rank_key)
@@ -396,16 +401,11 @@ def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchReci
         return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
 
     feas = [c for c in res.candidates if c.feasible]
-    front = [feas[i] for i in pareto_front([(budget_macs(c), c.objective) for c in feas])]
+    front = [feas[i] for i in pareto_front([(budget_macs(c), c.score) for c in feas])]
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
                                     "objective": repr(c.objective), "macs": budget_macs(c),
                                     "params": c.target_params, "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
-    files.append(plot_pareto([(budget_macs(c), c.score, c.feasible) for c in res.candidates],
-                             [(budget_macs(c), c.score) for c in front], (budget_macs(res.best), res.best.score),
-                             [] if bud.macs is None else [v for v in bud.macs if v > 0], run / "pareto.png",
-                             f"{target.name}: {res.searcher}, {len(res.candidates)} candidates, {bud.describe()}",
-                             xlabel=f"target MACs ({'mean' if bud.on == 'mean' else 'worst case'}, G)"))
     return files
 
 
