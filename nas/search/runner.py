@@ -54,7 +54,7 @@ from nas.search.recipe import SearchRecipe, load_search_recipe
 from nas.space import SearchSpace, load_space
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRAIN_RECIPE = ROOT / "recipes" / "demo.yaml"
+DEFAULT_TRAIN_RECIPE = ROOT / "recipes" / "cpu_supernet.yaml"
 """The supernet training recipe used when ``--recipe`` is not given (sized for a CPU and the built-in data)."""
 RUN_FORMAT = "nas-search-run/1"
 
