@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from nas.space import load_arch, load_space
 from tests.search.helpers import SMALL_EVOLUTION, TINY, TINY_CF, FakeEvaluator, fake_score, write
 
 BAND = (300_000, 600_000)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake(space, split):
@@ -100,6 +104,12 @@ def test_infeasible_budget_is_one_line_with_the_range_before_anything_runs(tmp_p
     b = load_space(space).cost_bounds()
     assert err.count("\n") == 0 and "reachable MACs range 12.4K .. 839.3K" in err
     assert b["min_macs"] == 12_448 and not out.exists()
+    # refused before torch is even imported (the check needs only the analytic cost)
+    code = (f"import sys\nfrom nas.cli import main\nrc = main(['search', {str(space)!r}, '--flops', '1K'])\n"
+            f"assert rc == 2 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-1500:]
 
 
 def test_proxy_with_other_dimensions_is_refused(tmp_path: Path):
