@@ -205,7 +205,8 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
             if result.baseline is not None:
                 result.baseline_val_score = float(val(pm.to_proxy(target.decode(result.baseline.vector))).score)
 
-        result.files = _export(result, pm, sr, top, srec, seed, proxy_overrides(p.rc, sr))
+        result.files = [run / "history.csv", *([run / "baseline.csv"] if baseline is not None else []),
+                        *_export(result, pm, sr, top, srec, seed, proxy_overrides(p.rc, sr))]
         result.seconds = time.perf_counter() - t0
         from nas.export import write_json
         result.files.append(write_json(summary(result), run / "summary.json"))
