@@ -229,6 +229,12 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
     if storage is not None and srec.searcher not in ("optuna", "nsga2"):
         raise NasError(f"--storage holds an Optuna study: it applies to --searcher optuna or nsga2, not "
                        f"{srec.searcher}")
+    if storage is not None:  # a malformed URL is refused now, not after the supernet has trained
+        from sqlalchemy.engine import make_url
+        try:
+            make_url(storage)
+        except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+            raise NasError(f"--storage {storage!r} is not a database URL ({e}); use e.g. sqlite:///study.db") from None
 
     # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
     dd = data_dependent(target)

@@ -134,6 +134,10 @@ def test_changed_budget_or_searcher_on_a_run_directory_is_refused(tmp_path: Path
     with pytest.raises(NasError, match="another search recipe"):
         run(tmp_path, "random", "x", max_evals=5)
     assert run(tmp_path, "random", "x", max_evals=4).new_evals == 0  # the same command resumes (all cached)
+    with pytest.raises(NasError, match="--storage holds an Optuna study"):
+        run(tmp_path, "random", "z", storage="sqlite:///x.db")
+    with pytest.raises(NasError, match="is not a database URL"):
+        run(tmp_path, "optuna", "z", storage="not a url")
     first = run(tmp_path, "optuna", "y", max_evals=5)
     again = run(tmp_path, "optuna", "y", max_evals=5)  # resumes from the study: nothing evaluated again
     assert again.new_evals == 0 and again.best == first.best
