@@ -53,9 +53,6 @@ from nas.search.proxy import ProxyMap, check_same_dimensions
 from nas.search.recipe import SearchRecipe, load_search_recipe
 from nas.space import SearchSpace, load_space
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TRAIN_RECIPE = ROOT / "recipes" / "cpu_supernet.yaml"
-"""The supernet training recipe used when ``--recipe`` is not given (sized for a CPU and the built-in data)."""
 RUN_FORMAT = "nas-search-run/1"
 
 
@@ -253,9 +250,11 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
         train_id: dict[str, Any] = {"supernet": str(sup_dir.resolve()), "space_hash": proxy_space.hash}
         where: str | None = str(sup_dir / "space.yaml")
     else:
-        from nas.train.recipe import load_recipe
-        # with an injected evaluator nothing is trained: no default recipe (and so no proxy) unless given
-        rc = load_recipe(recipe if recipe is not None else None if injected else DEFAULT_TRAIN_RECIPE)
+        from nas.train.recipe import default_recipe, load_recipe
+        # the training default for the data (the CPU recipe on the built-in data); with an injected evaluator
+        # nothing is trained: no default recipe (and so no proxy) unless one is given
+        default = None if injected else default_recipe("supernet", data)
+        rc = load_recipe(recipe if recipe is not None else default)
         where = rc.file
         try:
             proxy_space = load_space(space_file, overrides=rc.space_overrides) if rc.space_overrides else target
@@ -264,7 +263,7 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
                 raise
             raise NasError(f"the default training recipe does not fit this space ({e.format()}); give a training "
                            "recipe with --recipe (its space_overrides may define a proxy) or a trained --supernet",
-                           file=str(DEFAULT_TRAIN_RECIPE)) from None
+                           file=str(default)) from None
         train_id = {"recipe_hash": rc.hash(), "data": data}
     check_same_dimensions(target, proxy_space, where=where)
     if not injected and supernet is None:  # num_classes follows the data: resolve exactly as training will
@@ -283,6 +282,9 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
     notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
                                        budget_on is None and on == "mean" else
                                        " (default)" if budget_on is None else "")]
+    if supernet is None and not injected:
+        notes.append(f"supernet recipe {rc.file or 'the PSViT paper defaults'}"
+                     + (" (the default for this data; --recipe to change)" if recipe is None else ""))
     if not pm.is_identity:
         notes.append(f"scored on a proxy of the target (space hash {proxy_space.hash}); budget checked on the target")
     return _Plan(space_file, target, srec, bud, pm, rc, train_id, notes)
