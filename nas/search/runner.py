@@ -283,7 +283,7 @@ def _plan(space_file: str, flops: str | None, params: str | None, budget_on: str
                                        budget_on is None and on == "mean" else
                                        " (default)" if budget_on is None else "")]
     if supernet is None and not injected:
-        notes.append(f"supernet recipe {rc.file or 'the PSViT paper defaults'}"
+        notes.append(f"supernet recipe {_shown(rc.file) if rc.file else 'the PSViT paper defaults'}"
                      + (" (the default for this data; --recipe to change)" if recipe is None else ""))
     if not pm.is_identity:
         notes.append(f"scored on a proxy of the target (space hash {proxy_space.hash}); budget checked on the target")
@@ -344,6 +344,14 @@ def _share_threads(parallel: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user would type it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _mean_refusal(where: str | None, why: str = "") -> NasError:
