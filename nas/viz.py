@@ -420,7 +420,8 @@ def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list
         ax.axvline(v / scale, c="tab:red", ls="--", lw=1, label="budget" if i == 0 else None)
     if best is not None:
         ax.scatter([best[0] / scale], [best[1]], marker="*", s=180, c="gold", edgecolors="k", zorder=5,
-                   label=f"best {best[1]:.4f}")
+                   label=(f"winner (ranked by search loss), top-1 {best[1]:.4f}" if best[3] == best_hash
+                          else f"best top-1 {best[1]:.4f}"))
     ax.set_xlabel(f"{'mean ' if on_mean else ''}MACs" + (f" ({unit})" if unit else ""))
     ax.set_ylabel("top-1 on the search split")
     ax.set_title(name, fontsize=9)
