@@ -191,6 +191,14 @@ def cmd_retrain(args: argparse.Namespace) -> None:
           + (f", resumed from step {r.resumed_from})" if r.resumed_from is not None else ")"))
 
 
+def cmd_rank_check(args: argparse.Namespace) -> None:
+    from nas.search.rank_check import rank_check
+    r = rank_check(args.supernet_run, args.n, out=args.out, recipe=args.recipe, seed=args.seed)
+    for key in ("top1", "loss"):
+        print(f"{key}: Kendall tau {r[key]['tau']:.3f}  Spearman rho {r[key]['rho']:.3f}  (n={r['n']})")
+    print(f"{r['csv']}\n{r['png']}")
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     from nas.search.runner import search, table
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
@@ -276,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights exported next to the arch file (<stem>.safetensors, or <stem>.proxy.yaml + .safetensors)")
     r.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     r.set_defaults(func=cmd_retrain)
+
+    rk = sub.add_parser("rank-check", help="does the supernet rank subnets as training them alone does? "
+                        "(Kendall tau, Spearman rho; resumable)")
+    rk.add_argument("supernet_run", type=path_arg, help="a trained supernet run directory")
+    rk.add_argument("-n", type=int, default=12, help="archs spread over the MACs range (default 12)")
+    rk.add_argument("--recipe", type=path_arg, help="standalone training recipe (default: the supernet's own)")
+    rk.add_argument("--seed", type=int, default=0, help="seed of the arch sampling")
+    rk.add_argument("--out", type=path_arg, help="folder of the runs and results (default <run>/../rank-check); "
+                    "re-running resumes")
+    rk.set_defaults(func=cmd_rank_check)
 
     se = sub.add_parser("search", help="the best subnet within a MACs/params budget (resumable; docs/search.md)")
     se.add_argument("space")

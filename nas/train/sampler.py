@@ -135,7 +135,10 @@ class FlopsBinSampler(UniformSampler):
         return closest[0], b + closest[1]
 
     def sample(self) -> Arch:
-        b = self.rng.randrange(self.bins)
+        return self.sample_bin(self.rng.randrange(self.bins))
+
+    def sample_bin(self, b: int) -> Arch:
+        """An arch in bin ``b`` (or the closest one found, counted as a miss)."""
         best: tuple[float, Arch] | None = None
         for _ in range(self.max_tries):
             arch, got = self._walk(b)
