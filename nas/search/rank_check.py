@@ -131,15 +131,15 @@ def _plot(rows: list[dict], top1: Correlation, loss: Correlation, path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, key, c in ((axes[0], "top1", top1), (axes[1], "loss", loss)):
         x = [r[f"inherited_{key}"] for r in rows]
         y = [r[f"standalone_{key}"] for r in rows]
         sc = ax.scatter(x, y, c=[r["macs"] for r in rows], cmap="viridis")
         fmt = lambda v: "nan" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
         ax.set(xlabel=f"inherited {key}", ylabel=f"standalone {key}",
-               title=f"{key}: Kendall tau {fmt(c.tau)}, Spearman rho {fmt(c.rho)}")
-    fig.colorbar(sc, ax=axes, label="MACs")
+               title=f"{key} (val)\nKendall tau {fmt(c.tau)}, Spearman rho {fmt(c.rho)}")
+    fig.colorbar(sc, ax=axes, label="MACs per image")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
