@@ -168,9 +168,42 @@ def _recipe(args: argparse.Namespace, job: str) -> str | None:
     return None if path is None else str(path)
 
 
+def _ray_train(args: argparse.Namespace) -> Any:
+    """``--ray-address`` and its companions as a ``nas.distributed.train.RayTrain``; None without an address (then
+    nothing imports ray)."""
+    if args.ray_address is None:
+        given = [flag for flag, value in (("--num-workers", args.num_workers), ("--use-gpu", args.use_gpu or None),
+                                          ("--max-failures", args.max_failures)) if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray-address (local, auto "
+                             f"or HOST:PORT): without it training runs in this process")
+        return None
+    from nas.distributed.cluster import check_address
+    from nas.distributed.train import RayTrain
+    return RayTrain(check_address(args.ray_address), args.num_workers or 1, args.use_gpu,
+                    3 if args.max_failures is None else args.max_failures)
+
+
+def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray-address", metavar="ADDR", help="train on Ray: 'local' (a Ray instance for this job), 'auto' "
+                   "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head "
+                   "(docs/distributed.md)")
+    p.add_argument("--num-workers", type=int_in(1), help="data-parallel workers with --ray-address (default 1); the "
+                   "recipe's batch_size is the global batch and must be divisible by it")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL), with --ray-address")
+    p.add_argument("--max-failures", type=int_in(-1), help="worker-group failures to recover from, each resuming "
+                   "from the last checkpoint, with --ray-address (default 3; -1: no limit)")
+
+
 def cmd_train_supernet(args: argparse.Namespace) -> None:
     from nas.train import train_supernet
-    r = train_supernet(args.space, data=args.data, recipe=_recipe(args, "supernet"), out=args.out, resume=args.resume)
+    ray = _ray_train(args)
+    kwargs = dict(space=args.space, data=args.data, recipe=_recipe(args, "supernet"), out=args.out)
+    if ray is not None:
+        from nas.distributed.train import train_on_ray
+        r = train_on_ray("supernet", kwargs, args.resume, ray)
+    else:
+        r = train_supernet(**kwargs, resume=args.resume)
     print(f"{r.weights}  {r.steps} steps over {r.epochs} epochs, {r.seconds:.1f} s, {r.images_per_s:.0f} img/s"
           + (f", resumed from step {r.resumed_from}" if r.resumed_from is not None else ""))
 
@@ -183,8 +216,13 @@ def cmd_viz(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     from nas.train import retrain
-    r = retrain(args.arch, data=args.data, recipe=_recipe(args, "retrain"), out=args.out, init=args.init,
-                resume=args.resume)
+    ray = _ray_train(args)
+    kwargs = dict(arch_file=args.arch, data=args.data, recipe=_recipe(args, "retrain"), out=args.out, init=args.init)
+    if ray is not None:
+        from nas.distributed.train import train_on_ray
+        r = train_on_ray("retrain", kwargs, args.resume, ray)
+    else:
+        r = retrain(**kwargs, resume=args.resume)
     print(f"{r.weights}  val top-1 {r.val_top1:.4f} on {r.val_images} images"
           + (f"  mean MACs {human(r.macs_mean)}" if r.macs_mean is not None else "")
           + f"  ({r.steps} steps over {r.epochs} epochs, {r.seconds:.1f} s"
@@ -261,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else the PSViT supernet recipe, recipes/spos_supernet.yaml)")
     t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
     t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
+    _add_ray_train_args(t)
     t.set_defaults(func=cmd_train_supernet)
 
     vz = sub.add_parser("viz", help="PNG pictures: sampling points, ATS kept tokens, CF-ViT regions; a search run")
@@ -283,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init", choices=("scratch", "inherited"), default="scratch", help="inherited: start from the "
                    "weights exported next to the arch file (<stem>.safetensors, or <stem>.proxy.yaml + .safetensors)")
     r.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
+    _add_ray_train_args(r)
     r.set_defaults(func=cmd_retrain)
 
     rk = sub.add_parser("rank-check", help="does the supernet rank subnets as training them alone does? "

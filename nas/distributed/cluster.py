@@ -101,8 +101,8 @@ def ray_cluster(address: str, num_cpus: int | None = None) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
     if address == "local":
         import torch
-        kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                      num_gpus=torch.cuda.device_count())
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                      num_gpus=torch.cuda.device_count())  # "local": a new instance even when this machine runs one
         home = str(loopback_home())
     else:
         kwargs["address"] = address

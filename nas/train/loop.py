@@ -24,14 +24,17 @@ uninterrupted one, bitwise on CPU with the same torch and thread count. Not cove
 loader worker processes (ImageFolder data with ``data.num_workers > 0``) is exact across epoch boundaries only,
 and GPU kernels may be non-deterministic.
 
-Distributed data parallel (Ray Train's ``TorchTrainer``) drives the same ``Trainer`` from its per-worker loop:
-each worker builds it with its rank's shard of the training data (``make_loader(..., num_replicas, rank)``; the
-epoch order is already a pure function of (seed, epoch), so shards need no communication), wraps ``model`` in
-``DistributedDataParallel`` (``find_unused_parameters=True``: a SPOS path leaves tensors unused), and takes the
-path of step ``t`` from a path whose ``arch(t)`` is a pure function of ``(seed, t)``, so every rank trains the same
-path without a broadcast and resume needs no path state. ``batch_size`` is the global batch (the lr scaling rule
-reads it); rank 0 alone calls ``save`` and ``commit``, every rank ``restore``s the same checkpoint, whatever the
-number of workers that wrote it. Nothing here assumes one process beyond those calls.
+Distributed data parallel (``nas.distributed.train``, Ray Train's ``TorchTrainer``) drives the same ``Trainer``
+from its per-worker loop: each worker builds it with ``replicas=(rank, world_size)``, which gives it its rank's
+shard of the training data (``make_loader(..., num_replicas, rank)``: ``batch_size / world_size`` images of each
+global batch; the epoch order is already a pure function of (seed, epoch), so shards need no communication),
+and wraps ``objective`` (the model, the path and the loss: the whole forward of a step) in
+``DistributedDataParallel``. The path of step ``t`` is ``arch(t)``, a pure function of ``(seed, t)`` for SPOS too,
+so every rank trains the same path without a broadcast and resume needs no path state. ``batch_size`` is the
+global batch (the lr scaling rule reads it) and ``steps_per_epoch`` is ``len(train) // batch_size`` whatever
+the number of ranks. ``is_main`` (rank 0) alone writes: checkpoints, the run's commit, logs, final weights;
+every rank ``restore``s the same checkpoint, whatever the number of workers that wrote it. The loss and accuracy
+of a step are averaged over ranks (``reduce``) before they are checked and logged.
 
 Decisions where the papers are silent:
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import random
@@ -101,6 +105,20 @@ class TrainResult:
     acc: float
 
 
+@dataclass
+class Job:
+    """A training job, resolved and checked, before anything is written: its run directory and ``spec`` (run.json),
+    ``make(**replica)`` its ``Trainer`` (``replicas=(rank, world_size)``, ``device`` on a data-parallel rank),
+    ``finish(trainer, result)`` its last act on rank 0, ``note()`` what it says on stderr once the run is checked.
+    ``nas.train.loop.run_job`` runs it in this process; ``nas.distributed.train`` on Ray workers."""
+    run: Path
+    spec: RunSpec
+    recipe: Recipe
+    make: Callable[..., Trainer]
+    finish: Callable[[Trainer, TrainResult], Any]
+    note: Callable[[], None]
+
+
 class TrainPath(Protocol):
     """What a job trains at each step: the arch of global step ``step`` (0-based) and the module that runs it."""
 
@@ -113,6 +131,21 @@ class TrainPath(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     def stats(self) -> str: ...
+
+
+class Objective(nn.Module):
+    """The forward of one step: ``path.bind(model, arch)`` scored with the arch's own objective. One module, so that
+    ``DistributedDataParallel`` can wrap the whole of it (it must see the forward whose backward it reduces)."""
+
+    def __init__(self, model: nn.Module, path: TrainPath, criterion: nn.Module) -> None:
+        super().__init__()
+        self.model, self.path, self.criterion = model, path, criterion
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor, arch: Arch,
+                progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits (B, num_classes)) of the batch x (B, C, H, W)."""
+        with self.path.bind(self.model, arch) as model:  # SPOS: the arch's model carrying the supernet's slices
+            return training_loss(model, x, target, self.criterion, progress)
 
 
 class SingleArch:
@@ -141,6 +174,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def check_batch(recipe: Recipe, world_size: int) -> None:
+    """``batch_size`` is the global batch of a data-parallel run: each of ``world_size`` ranks takes an equal share."""
+    if recipe.batch_size % world_size:
+        raise recipe.error("batch_size", f"batch_size {recipe.batch_size} is the global batch: it must be divisible "
+                           f"by the number of workers, {world_size}; use a multiple of {world_size}")
 
 
 def device_of(recipe: Recipe) -> torch.device:
@@ -206,27 +246,34 @@ class Trainer:
 
     ``build()`` makes the model (called after seeding); ``path`` says what each step trains; ``identity``
     (e.g. ``{"space_hash": ...}``) is stored in every checkpoint and must match on restore; ``weights`` names the
-    final export in the run directory, ``metadata`` goes into it.
+    final export in the run directory, ``metadata`` goes into it. ``replicas`` is ``(rank, world_size)`` of a
+    data-parallel run and ``device`` its rank's device (default: the recipe's); see the module docstring.
     """
 
     def __init__(self, build: Callable[[], nn.Module], splits: DataSplits, recipe: Recipe, run_dir: Path,
                  path: TrainPath, identity: dict[str, str], weights: str = "final.safetensors",
                  metadata: dict[str, str] | None = None, progress: bool = True,
-                 on_step: Callable[[TrainState], None] | None = None) -> None:
+                 on_step: Callable[[TrainState], None] | None = None, replicas: tuple[int, int] = (0, 1),
+                 device: torch.device | None = None) -> None:
         from timm.data import Mixup
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
 
         self.recipe, self.run_dir, self.path, self.identity = recipe, run_dir, path, identity
         self.weights_name, self.metadata = weights, dict(metadata or {})
-        self.progress, self.on_step = progress, on_step
-        self.device = device_of(recipe)
+        rank, world = replicas
+        self.rank, self.world_size, self.is_main = rank, world, rank == 0
+        self.progress, self.on_step = progress and self.is_main, on_step
+        self.device = device if device is not None else device_of(recipe)
+        check_batch(recipe, world)
         augment(splits, recipe)
         workers = recipe.data.num_workers
-        self.loader = make_loader(splits.train, recipe.batch_size, shuffle=True, seed=recipe.seed,
+        self.loader = make_loader(splits.train, recipe.batch_size // world, shuffle=True, seed=recipe.seed,
                                   num_workers=workers, pin_memory=self.device.type == "cuda",
-                                  worker_init_fn=_ignore_sigint if workers else None)
-        self.steps_per_epoch = len(self.loader)
+                                  worker_init_fn=_ignore_sigint if workers else None, num_replicas=world, rank=rank)
+        # the global batches of an epoch, the ragged last one dropped: the same for any number of ranks (the
+        # union of the ranks' k-th batches is the k-th global batch; a rank's padded tail is never reached)
+        self.steps_per_epoch = len(splits.train) // recipe.batch_size
         if self.steps_per_epoch == 0:
             raise recipe.error("batch_size", f"batch_size {recipe.batch_size} is larger than the "
                                f"{len(splits.train)} training images (the ragged last batch is dropped); lower it")
@@ -246,8 +293,11 @@ class Trainer:
             self.criterion = LabelSmoothingCrossEntropy(rc.label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
+        self.objective: nn.Module = Objective(self.model, path, self.criterion)  # DDP wraps it (distributed)
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # mean over ranks (distributed)
         self.state = TrainState()
         self.on_save: Callable[[], None] | None = None  # called once, before the first checkpoint (run commit)
+        self.on_checkpoint: Callable[[], None] | None = None  # every rank, at every checkpoint (distributed checks)
 
     def _scheduler(self) -> Any:
         from timm.scheduler import create_scheduler_v2
@@ -304,7 +354,11 @@ class Trainer:
                            file=str(c.path)) from None
         if self.scheduler is not None:
             self.scheduler.load_state_dict(s["scheduler"])
-        self.path.load_state_dict(s["sampler"])
+        if not s["complete"]:  # a finished run takes no more steps: its path state is not needed
+            try:
+                self.path.load_state_dict(s["sampler"])
+            except NasError as e:
+                raise NasError(e.message, file=str(c.path)) from None
         ck.set_rng_state(s["rng"], tensors)
         self.state = TrainState(s["epoch"], s["step_in_epoch"], c.step, loss_sum=s["loss_sum"], acc_sum=s["acc_sum"])
         return c.step
@@ -329,10 +383,13 @@ class Trainer:
             x, target = self.mixup(x, y)
         self.model.train()
         progress = self.state.global_step / (self.recipe.epochs * self.steps_per_epoch)
-        with self.path.bind(self.model, arch) as model:  # SPOS: the arch's model carrying the supernet's slices
-            loss, logits = training_loss(model, x, target, self.criterion, progress)  # logits (B, num_classes)
-        if not torch.isfinite(loss):
-            raise self.recipe.error("optimizer.lr", f"the training loss is {loss.item()} at step "
+        loss, logits = self.objective(x, target, arch, progress)  # logits (B, num_classes)
+        metrics = torch.stack([loss.detach(), (logits.detach().argmax(-1) == y).float().mean()])  # (2,)
+        if self.reduce is not None:
+            metrics = self.reduce(metrics)  # the global batch's: every rank checks and logs the same numbers
+        loss_v, acc = metrics.tolist()
+        if not math.isfinite(loss_v):
+            raise self.recipe.error("optimizer.lr", f"the training loss is {loss_v} at step "
                                     f"{self.state.global_step + 1} (arch {arch.hash()}); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)  # None grads: paths not taken are not updated
         loss.backward()
@@ -343,8 +400,7 @@ class Trainer:
         self.state.global_step += 1
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=self.state.global_step)
-        acc = (logits.detach().argmax(-1) == y).float().mean().item()
-        return loss.item(), acc, lr, arch
+        return loss_v, acc, lr, arch
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self) -> tuple[float, float, float, int]:
@@ -353,7 +409,7 @@ class Trainer:
         from tqdm import tqdm
 
         rc, st, spe = self.recipe, self.state, self.steps_per_epoch
-        log = CsvLog(self.run_dir / "train_log.csv", st.global_step)
+        log = CsvLog(self.run_dir / "train_log.csv", st.global_step) if self.is_main else None
         images, t_start = 0, time.perf_counter()
         ep_loss = ep_acc = math.nan
         try:
@@ -364,17 +420,19 @@ class Trainer:
                     bar = tqdm(total=spe, initial=st.step_in_epoch, desc=f"epoch {epoch + 1}/{rc.epochs}",
                                unit="step", disable=not self.progress, dynamic_ncols=True, file=sys.stderr)
                     t_prev = time.perf_counter()
-                    for x, y in self.loader:
+                    for x, y in itertools.islice(self.loader, spe - st.step_in_epoch):
                         loss, acc, lr, arch = self.step(x, y)
                         now = time.perf_counter()
-                        ips = len(x) / max(now - t_prev, 1e-9)
-                        t_prev, images = now, images + len(x)
+                        n_images = len(x) * self.world_size  # the global batch
+                        ips = n_images / max(now - t_prev, 1e-9)
+                        t_prev, images = now, images + n_images
                         st.step_in_epoch += 1
                         st.arch, st.loss, st.acc = arch, loss, acc
                         st.loss_sum, st.acc_sum, n = st.loss_sum + loss, st.acc_sum + acc, st.step_in_epoch
                         ep_loss, ep_acc = st.loss_sum / n, st.acc_sum / n  # the epoch's mean so far
-                        log.write(epoch=epoch + 1, step=st.global_step, loss=f"{loss:.6g}", acc=f"{acc:.6g}",
-                                  lr=f"{lr:.6g}", img_per_s=f"{ips:.1f}", arch=arch.hash(), macs=cost(arch).macs)
+                        if log is not None:
+                            log.write(epoch=epoch + 1, step=st.global_step, loss=f"{loss:.6g}", acc=f"{acc:.6g}",
+                                      lr=f"{lr:.6g}", img_per_s=f"{ips:.1f}", arch=arch.hash(), macs=cost(arch).macs)
                         bar.update(1)
                         bar.set_postfix_str(f"loss {ep_loss:.3f} acc {ep_acc:.3f} "
                                             f"{images / (now - t_start):.0f} img/s lr {lr:.3g}", refresh=False)
@@ -384,7 +442,9 @@ class Trainer:
                             self.on_step(st)
                         every = rc.checkpoint.every_steps
                         if st.step_in_epoch == 0 or stop.requested or (every and st.global_step % every == 0):
-                            path = self.save()
+                            path = self.save() if self.is_main else self.ckpt_dir
+                            if self.on_checkpoint is not None:
+                                self.on_checkpoint()
                         if stop.requested:
                             bar.close()
                             print(f"nas: stopped at epoch {epoch + 1} step {st.step_in_epoch or spe}/{spe} "
@@ -398,14 +458,17 @@ class Trainer:
                     extra = self.path.stats()
                     self.log_line(line + (f"; {extra}" if extra else ""))
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         seconds = time.perf_counter() - t_start
         return ep_loss, ep_acc, images / max(seconds, 1e-9), images
 
     def log_line(self, line: str) -> None:
-        """A summary line: to stderr (above any progress bar) and appended to ``<run>/train.log``."""
+        """A summary line: to stderr (above any progress bar) and appended to ``<run>/train.log`` (rank 0 only)."""
         from tqdm import tqdm
 
+        if not self.is_main:
+            return
         if self.progress:
             tqdm.write(line, file=sys.stderr)
         with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
@@ -417,29 +480,39 @@ T = TypeVar("T")
 
 def run_job(run: Path, spec: RunSpec, resume: bool, make: Callable[[], Trainer],
             finish: Callable[[Trainer, TrainResult], T], started: Callable[[], None] | None = None) -> T:
-    """The life of a training job in ``run``: lock it, check it against ``spec`` (refusing a changed run), make the
-    trainer, restore its newest checkpoint, commit the run at the first checkpoint of a new one, train, export the
-    weights, then ``finish(trainer, result)`` (still under the lock). ``started()`` runs once the run is checked
-    (notes on stderr)."""
+    """The life of a training job in ``run``: lock it, check it against ``spec`` (refusing a changed run), then
+    ``train_job`` with the trainer ``make()`` returns. ``started()`` runs once the run is checked (notes on
+    stderr)."""
     t0 = time.perf_counter()
     with RunLock(run):
         existing = prepare(run, spec, resume, commit_now=False)
         if started is not None:
             started()
-        trainer = make()
-        resumed = trainer.restore()
-        if existing:
-            check_resumable(run, resumed)
-        else:  # committed at the first checkpoint: a start that fails before it leaves nothing to refuse
-            trainer.on_save = functools.partial(commit, run, spec)
-        rc = trainer.recipe
-        if resumed is not None:
-            st = trainer.state
-            trainer.log_line(f"resumed from {run / 'checkpoints'} at epoch {st.epoch + 1}, step {st.step_in_epoch}/"
-                             f"{trainer.steps_per_epoch} (global step {st.global_step})"
-                             if st.epoch < rc.epochs else f"already complete ({st.global_step} steps)")
-        loss, acc, ips, _ = trainer.run()
-        weights = trainer.write_weights()
-        result = TrainResult(run, weights, rc.epochs, trainer.state.global_step, resumed, time.perf_counter() - t0,
-                             ips, loss, acc)
-        return finish(trainer, result)
+        return train_job(run, spec, existing, make(), finish, t0)  # type: ignore[return-value]  # is_main
+
+
+def train_job(run: Path, spec: RunSpec, existing: bool, trainer: Trainer,
+              finish: Callable[[Trainer, TrainResult], T], t0: float | None = None) -> T | None:
+    """Restore the newest checkpoint, commit the run at the first checkpoint of a new one (``existing`` False),
+    train, export the weights, then ``finish(trainer, result)``. The caller holds the run's lock and has checked it
+    (``prepare``). In a data-parallel run every rank calls this; only rank 0 (``trainer.is_main``) commits,
+    exports and finishes, the others return None."""
+    t0 = time.perf_counter() if t0 is None else t0
+    resumed = trainer.restore()
+    if existing:
+        check_resumable(run, resumed)
+    elif trainer.is_main:  # committed at the first checkpoint: a start that fails before it leaves nothing to refuse
+        trainer.on_save = functools.partial(commit, run, spec)
+    rc = trainer.recipe
+    if resumed is not None:
+        st = trainer.state
+        trainer.log_line(f"resumed from {run / 'checkpoints'} at epoch {st.epoch + 1}, step {st.step_in_epoch}/"
+                         f"{trainer.steps_per_epoch} (global step {st.global_step})"
+                         if st.epoch < rc.epochs else f"already complete ({st.global_step} steps)")
+    loss, acc, ips, _ = trainer.run()
+    if not trainer.is_main:
+        return None
+    weights = trainer.write_weights()
+    result = TrainResult(run, weights, rc.epochs, trainer.state.global_step, resumed, time.perf_counter() - t0,
+                         ips, loss, acc)
+    return finish(trainer, result)

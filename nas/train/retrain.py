@@ -54,7 +54,7 @@ from nas.errors import NasError
 from nas.limits import check_model_size, check_training_memory
 from nas.measure import batch_macs
 from nas.train.checkpoint import sha256_file
-from nas.train.loop import SingleArch, Trainer, TrainResult, TrainState, run_job
+from nas.train.loop import Job, SingleArch, Trainer, TrainResult, TrainState, run_job
 from nas.train.recipe import Recipe, load_recipe
 from nas.train.rundir import retrain_spec
 
@@ -152,7 +152,16 @@ def retrain(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe 
             progress: bool = True, on_step: Callable[[TrainState], None] | None = None) -> RetrainResult:
     """Train (or resume training) the arch of ``arch_file`` on ``data`` with ``recipe`` into ``out``; score it on
     ``val``. ``recipe`` None: ``nas.train.recipe.default_recipe('retrain', data)``. Re-running with the same
-    arguments resumes; ``resume=True`` additionally requires that ``out`` holds a run."""
+    arguments resumes; ``resume=True`` additionally requires that ``out`` holds a run. On a Ray cluster:
+    ``nas.distributed.train``."""
+    job = retrain_job(arch_file, data, recipe, out, init, progress, on_step)
+    return run_job(job.run, job.spec, resume, job.make, job.finish, started=job.note)
+
+
+def retrain_job(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe | str | os.PathLike | None = None,
+                out: str | os.PathLike | None = None, init: str = "scratch", progress: bool = True,
+                on_step: Callable[[TrainState], None] | None = None) -> Job:
+    """The retraining job of ``retrain`` (its arguments), checked (model size, memory, inherited weights)."""
     from nas.train.recipe import default_recipe
 
     if init not in INITS:
@@ -181,10 +190,10 @@ def retrain(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe 
             print(f"nas: note: data {data!r} has {splits.num_classes} classes: num_classes of {trained_file} is set "
                   f"to {splits.num_classes}", file=sys.stderr)
 
-    def make() -> Trainer:
+    def make(**replica: Any) -> Trainer:
         return Trainer(lambda: build_retrain_model(arch, rc, None if weights is None else Path(weights)), splits,
                        rc, run, SingleArch(arch), {"arch_hash": arch.hash()}, weights="final.safetensors",
-                       metadata={"arch_hash": arch.hash()}, progress=progress, on_step=on_step)
+                       metadata={"arch_hash": arch.hash()}, progress=progress, on_step=on_step, **replica)
 
     def finish(trainer: Trainer, r: TrainResult) -> RetrainResult:
         t = time.perf_counter()
@@ -202,8 +211,8 @@ def retrain(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe 
         return RetrainResult(**vars(r), arch=arch, val_top1=ev["top1"], val_loss=ev["loss"], val_images=ev["images"],
                              macs_mean=ev.get("macs_mean"), metrics=path)
 
-    return run_job(run, spec, resume, make, finish, started=note)
+    return Job(run, spec, rc, make, finish, note)
 
 
-__all__ = ["retrain", "RetrainResult", "resolve_arch", "inherited_files", "build_retrain_model", "evaluate",
+__all__ = ["retrain", "retrain_job", "RetrainResult", "resolve_arch", "inherited_files", "build_retrain_model", "evaluate",
            "default_out", "INITS"]

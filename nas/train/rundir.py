@@ -78,8 +78,8 @@ class RunLock:
     """An exclusive ``flock`` on ``<run>/.lock``: two trainers on one directory would corrupt it. The kernel drops
     the lock when the holder dies, even by SIGKILL."""
 
-    def __init__(self, run: Path, activity: str = "training") -> None:
-        self.path, self.fd, self.activity = run / ".lock", -1, activity
+    def __init__(self, run: Path, activity: str = "training", name: str = ".lock") -> None:
+        self.path, self.fd, self.activity = run / name, -1, activity
 
     def __enter__(self) -> "RunLock":
         make_run_dir(self.path.parent)

@@ -20,11 +20,18 @@ such bin gets its share 1/bins of the draws up to binomial noise (the tests chec
 5,000 draws); a draw costs a uniform sample plus a few cost evaluations (well under 1 ms on the shipped
 spaces). Within a bin the archs are spread by the random start and order, not uniform over the bin.
 
+The arch of training step ``t`` (``at(t)``) is a pure function of ``(seed, t)``: the sampler's generator is
+reseeded with ``f"{seed}|{t}"`` before the draw. Every rank of a data-parallel run then trains the same path at
+every step without a broadcast, a run on one process and a run on N workers of the same global batch train the
+same archs, and a resume needs no generator state. The bin of a step is drawn by the same generator, so the
+bins keep their share 1/bins of the steps (independent draws instead of one stream: the same binomial noise).
+
 Decision where the papers are silent (empty bins): when ``max_tries`` walks miss the chosen bin (the bin holds
 no arch, or only archs the walks jump over), the arch closest in MACs to the bin among those evaluated is used
 and the miss is counted per bin (``misses``, reported in the run log). Training never stalls or fails on an
-empty bin; its share goes to the archs nearest to it. Both samplers draw from one ``random.Random`` whose state
-is saved in every checkpoint, so a resumed run samples the same archs an uninterrupted one would.
+empty bin; its share goes to the archs nearest to it. ``sample()`` draws the next arch of one ``random.Random``
+stream (stateful: ``state_dict`` round-trips it); training uses ``at(t)``, whose only state is the hit and miss
+counts (``counters``), kept in checkpoints for the run log.
 """
 from __future__ import annotations
 
@@ -41,10 +48,22 @@ class UniformSampler:
     """One uniformly sampled arch per call."""
 
     def __init__(self, space: SearchSpace, seed: int | str) -> None:
-        self.space, self.rng = space, random.Random(seed)
+        self.space, self.seed, self.rng = space, seed, random.Random(seed)
 
     def sample(self) -> Arch:
         return self.space.sample(self.rng)
+
+    def at(self, step: int) -> Arch:
+        """The arch of training step ``step``: ``sample()`` after reseeding with ``(seed, step)`` alone."""
+        self.rng.seed(f"{self.seed}|{step}")  # str seeds hash with sha512: stable across versions and machines
+        return self.sample()
+
+    def counters(self) -> dict[str, Any]:
+        """What ``at`` leaves behind: statistics for the run log (none for uniform sampling)."""
+        return {}
+
+    def load_counters(self, state: dict[str, Any]) -> None:
+        pass
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
@@ -151,12 +170,18 @@ class FlopsBinSampler(UniformSampler):
         self.misses[b] += 1
         return best[1]  # type: ignore[index]  # set: max_tries >= 1
 
+    def counters(self) -> dict[str, Any]:
+        return {"hits": list(self.hits), "misses": list(self.misses)}
+
+    def load_counters(self, state: dict[str, Any]) -> None:
+        self.hits, self.misses = list(state["hits"]), list(state["misses"])
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "hits": list(self.hits), "misses": list(self.misses)}
+        return {**super().state_dict(), **self.counters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.hits, self.misses = list(state["hits"]), list(state["misses"])
+        self.load_counters(state)
 
     def stats(self) -> str:
         missed = sum(self.misses)
@@ -165,7 +190,8 @@ class FlopsBinSampler(UniformSampler):
 
 
 def make_sampler(space: SearchSpace, kind: str, seed: int, bins: int = 10, max_tries: int = 100) -> UniformSampler:
-    """The sampler a recipe names; its RNG stream is separate from the model's (seeded by ``'<seed>|arch'``)."""
+    """The sampler a recipe names; its RNG stream is separate from the model's (seeded by ``'<seed>|arch'``; the arch
+    of step ``t`` by ``'<seed>|arch|<t>'``)."""
     key = f"{seed}|arch"  # str seeds hash with sha512 in CPython: stable across versions and machines
     if kind == "uniform":
         return UniformSampler(space, key)
