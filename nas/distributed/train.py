@@ -9,7 +9,8 @@ each runs the toolkit's own ``Trainer`` (``nas.train.loop``) as one data-paralle
 
 - The job is the local one: the driver resolves and checks it (``supernet_job`` / ``retrain_job``), takes the
   run directory's lock and refuses a changed run (``prepare``), then every worker resolves the same job again from
-  the same arguments (absolute paths) and checks that it got the same space or arch, recipe and data split.
+  the same arguments (paths made absolute; files inside a working directory that ``ray job submit --working-dir``
+  ships to every node stay relative to it) and checks that it got the same space or arch, recipe and data split.
 - Rank ``r`` of ``N`` trains on its shard of every global batch (``batch_size`` of the recipe is the global batch:
   each rank gets ``batch_size / N`` images, the union of the ranks' k-th batches is the k-th batch of a
   single-process run, an epoch has ``len(train) // batch_size`` steps for any ``N``).
@@ -29,8 +30,9 @@ each runs the toolkit's own ``Trainer`` (``nas.train.loop``) as one data-paralle
   ``<run>/replicas.jsonl`` (one line per checkpoint) and stops the run if they differ.
 - A worker that dies (or any error on a worker) fails the worker group; Ray Train starts a new one, up to
   ``max_failures`` times, which resumes from the newest checkpoint in the run directory.
-- The run directory must be on a filesystem every worker sees at the same absolute path (NFS, a shared disk;
-  trivially true on one machine); Ray Train's own files go to ``<run>/ray``.
+- The run directory (and the data, and input files outside a shipped working directory) must be on a filesystem
+  every worker sees at the same absolute path (NFS, a shared disk; trivially true on one machine); Ray Train's own
+  files go to ``<run>/ray``.
 
 Decisions where Ray leaves a choice:
 
@@ -98,15 +100,18 @@ def _job_factory(kind: str) -> Callable[..., Any]:
     raise ValueError(f"unknown job {kind!r}; allowed: {', '.join(JOBS)}")
 
 
-def _absolute(kind: str, args: dict[str, Any]) -> dict[str, Any]:
-    """The job's arguments with file paths made absolute: workers may run in another working directory."""
+def _worker_paths(args: dict[str, Any], working_dir: bool) -> dict[str, Any]:
+    """The job's arguments as the workers get them: file paths absolute (workers run in another directory), except
+    files inside the job's working directory when Ray ships it to every worker (``ray job submit --working-dir``):
+    those stay relative, since each node unpacks its own copy. The run directory is always absolute."""
     out = dict(args)
-    for key in ("space", "arch_file", "recipe", "out"):
-        if isinstance(out.get(key), (str, os.PathLike)):  # a Recipe object stays as it is
-            out[key] = str(Path(out[key]).resolve())
-    data = out.get("data")
-    if isinstance(data, str) and Path(data).exists():  # an ImageFolder root (builtin / synthetic are not paths)
-        out["data"] = str(Path(data).resolve())
+    cwd = Path.cwd().resolve()
+    for key in ("space", "arch_file", "recipe", "data"):
+        value = out.get(key)
+        if not isinstance(value, (str, os.PathLike)) or not Path(value).exists():
+            continue  # a Recipe object, builtin / synthetic data
+        path = Path(value).resolve()
+        out[key] = str(path.relative_to(cwd) if working_dir and path.is_relative_to(cwd) else path)
     return out
 
 
@@ -259,7 +264,6 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     if ray.num_workers < 1 or ray.max_failures < -1:
         raise NasError(f"--num-workers must be >= 1 and --max-failures >= -1, got {ray.num_workers} and "
                        f"{ray.max_failures}")
-    args = _absolute(kind, args)
     job = _job_factory(kind)(**args, progress=False)  # resolved and checked before anything starts
     rc = job.recipe
     check_batch(rc, ray.num_workers)
@@ -269,7 +273,6 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     if not ray.use_gpu and rc.device == "cuda":
         raise rc.error("device", "device cuda: add --use-gpu so that Ray gives every worker a GPU")
     run = job.run.resolve()
-    args["out"] = str(run)
     with RunLock(run):
         existing = prepare(run, job.spec, resume, commit_now=False)
         job.note()
@@ -283,7 +286,12 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
             if resources.get(need, 0) < ray.num_workers:
                 print(f"nas: note: the cluster has {resources.get(need, 0):g} {need}s now for {ray.num_workers} "
                       f"workers of one {need} each: Ray waits until it has them", file=sys.stderr)
-            config = {"kind": kind, "args": args, "spec": job.spec, "existing": existing, "use_gpu": ray.use_gpu}
+            working_dir = bool(r.get_runtime_context().runtime_env.get("working_dir"))
+            if working_dir and run.is_relative_to(Path.cwd().resolve()):
+                print(f"nas: warning: the run directory {run} is inside the job's working directory, a copy Ray "
+                      "deletes after the job: give --out a path on a filesystem every node sees", file=sys.stderr)
+            config = {"kind": kind, "args": {**_worker_paths(args, working_dir), "out": str(run)}, "spec": job.spec,
+                      "existing": existing, "use_gpu": ray.use_gpu}
             return _fit(run, config, ray)
 
 

@@ -331,3 +331,17 @@ def test_a_killed_worker_is_replaced_and_training_resumes(files, ray_head):
     assert "resumed from" in (out / "train.log").read_text()  # the new worker group took the last checkpoint
     _assert_close(load_file(out / "supernet.safetensors"), load_file(ref / "supernet.safetensors"))
     assert [r["arch"] for r in _rows(out)] == [r["arch"] for r in _rows(ref)]
+
+
+def test_worker_paths(files, tmp_path, monkeypatch):
+    """Absolute paths for the workers, except files a shipped working directory holds (each node has its copy)."""
+    from nas.distributed.train import _worker_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "s.yaml").write_text(SPACE)
+    args = {"space": "spaces/s.yaml", "recipe": str(files["recipe"]), "data": DATA, "out": "runs/x"}
+    shipped = _worker_paths(args, working_dir=True)
+    assert shipped["space"] == "spaces/s.yaml" and shipped["recipe"] == str(files["recipe"].resolve())
+    assert shipped["data"] == DATA and shipped["out"] == "runs/x"  # the caller makes the run directory absolute
+    assert _worker_paths(args, working_dir=False)["space"] == str(tmp_path.resolve() / "spaces" / "s.yaml")
