@@ -7,7 +7,7 @@ Layout of ``<run>/checkpoints/``::
         state.safetensors     tensors of the trainer state: optimiser buffers (``optim/<parameter name>/<buffer>``),
                               torch RNG states
         state.json            everything else (epoch, step, optimiser param groups, scheduler, python/numpy
-                              RNG states, arch sampler state) and the sha256 of both safetensors files
+                              RNG states, the path's state) and the sha256 of both safetensors files
 
 How a checkpoint is committed: every file is written and fsync-ed into ``.tmp-ckpt-<step>-<pid>/``, ``state.json``
 last; then the folder is renamed to ``ckpt-<step>`` (one atomic rename) and the parent folder is fsync-ed; only then

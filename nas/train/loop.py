@@ -16,11 +16,11 @@ Checkpoints are taken at every epoch end, every ``checkpoint.every_steps`` steps
 step boundary (a second signal stops at once; the last checkpoint is intact).
 
 Exact resume: a checkpoint holds the weights, the optimiser (its state keyed by parameter name) and scheduler, the
-python/numpy/torch RNG states, the path's state (SPOS: the arch sampler's) and the running loss and accuracy sums
-of the epoch in progress (the epoch summary after a resume is the mean over the whole epoch), taken at a step
-boundary; the data order of epoch ``e`` is a pure function of ``(seed, e)`` and a resumed epoch skips the batches
-already trained (``SeededLoader.set_epoch``). A run killed at any point and re-run ends with the same weights as an
-uninterrupted one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in
+python/numpy/torch RNG states, the path's state (SPOS: the FLOPs-bin counts; the arch of a step needs none) and
+the running loss and accuracy sums of the epoch in progress (the epoch summary after a resume is the mean over the
+whole epoch), taken at a step boundary; the data order of epoch ``e`` is a pure function of ``(seed, e)`` and a
+resumed epoch skips the batches already trained (``SeededLoader.set_epoch``). A run killed at any point and re-run
+ends with the same weights as an uninterrupted one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in
 loader worker processes (ImageFolder data with ``data.num_workers > 0``) is exact across epoch boundaries only,
 and GPU kernels may be non-deterministic.
 

@@ -214,5 +214,5 @@ def retrain_job(arch_file: str | os.PathLike, data: str = "builtin", recipe: Rec
     return Job(run, spec, rc, make, finish, note)
 
 
-__all__ = ["retrain", "retrain_job", "RetrainResult", "resolve_arch", "inherited_files", "build_retrain_model", "evaluate",
-           "default_out", "INITS"]
+__all__ = ["retrain", "retrain_job", "RetrainResult", "resolve_arch", "inherited_files", "build_retrain_model",
+           "evaluate", "default_out", "INITS"]

@@ -1,8 +1,9 @@
 """SPOS supernet training: one sampled path per step, on the shared loop (``nas.train.loop``), resumable bit for bit.
 
 What is particular to SPOS is the path of a step: ``SposPath`` draws the arch of step ``t`` as a pure function of
-``(seed, t)`` (``nas.train.sampler``, ``at(t)``) and runs it as the supernet's path (``Supernet.bound(arch)``: the arch's own model carrying the supernet's slices, so the
-arch's own objective applies, CF-ViT's two-pass loss included). Everything else (optimiser, schedule, data order,
+``(seed, t)`` (``nas.train.sampler``, ``at(t)``) and runs it as the supernet's path (``Supernet.bound(arch)``: the
+arch's own model carrying the supernet's slices, so the arch's own objective applies, CF-ViT's two-pass loss
+included). Everything else (optimiser, schedule, data order,
 checkpoints, exact resume after SIGKILL, signals, logs) is the generic ``Trainer``'s. ``resolve`` makes the space
 a recipe trains (its ``space_overrides``, ``num_classes`` from the data).
 

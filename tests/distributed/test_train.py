@@ -345,3 +345,53 @@ def test_worker_paths(files, tmp_path, monkeypatch):
     assert shipped["space"] == "spaces/s.yaml" and shipped["recipe"] == str(files["recipe"].resolve())
     assert shipped["data"] == DATA and shipped["out"] == "runs/x"  # the caller makes the run directory absolute
     assert _worker_paths(args, working_dir=False)["space"] == str(tmp_path.resolve() / "spaces" / "s.yaml")
+
+
+# --- DDP and the tensors a path leaves unused ------------------------------------------------------------
+def _one_ddp_step(rank: int, world: int, port: int, files: dict, out: str) -> None:
+    """Rank ``rank`` of a gloo group: the supernet trainer's first step through DDP; its gradients to a file."""
+    import os
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.nn.parallel import DistributedDataParallel
+
+    from nas.distributed.train import _mean_over_ranks
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = supernet_job(files["space"], DATA, files["recipe"], Path(out), progress=False).make(
+            replicas=(rank, world))
+        trainer.objective = DistributedDataParallel(trainer.objective, find_unused_parameters=True)
+        trainer.reduce = _mean_over_ranks
+        trainer.loader.set_epoch(0)
+        for (x, y), _ in zip(trainer.loader, range(3)):  # three paths: an earlier path's grads must not linger
+            trainer.step(x, y)
+        grads = {n: p.grad.contiguous() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        save_file(grads, f"{out}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes; the end-to-end equality above (weight decay 1e-2) depends on it too
+def test_ddp_gives_no_gradient_to_tensors_off_the_path(files, tmp_path):
+    """Through DDP, the tensors the step's path leaves unused keep ``grad None`` on every rank (so weight decay and
+    momentum leave them alone) and the others get the single-process gradient of the global batch."""
+    import torch.multiprocessing as mp
+
+    from tests.distributed.conftest import free_port
+
+    mp.spawn(_one_ddp_step, args=(2, free_port(), files, str(tmp_path)), nprocs=2, join=True)
+    single = supernet_job(files["space"], DATA, files["recipe"], tmp_path / "single", progress=False).make()
+    single.loader.set_epoch(0)
+    for (x, y), _ in zip(single.loader, range(3)):
+        single.step(x, y)
+    want = {n: p.grad for n, p in single.model.named_parameters() if p.grad is not None}
+    every = dict(single.model.named_parameters())
+    assert 0 < len(want) < len(every)  # the last path used some tensors and left others
+    for rank in (0, 1):
+        got = load_file(tmp_path / f"rank{rank}.safetensors")
+        assert got.keys() == want.keys()  # None exactly where one process has None
+        _assert_close(got, want)
