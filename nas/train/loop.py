@@ -20,9 +20,9 @@ python/numpy/torch RNG states, the path's state (SPOS: the FLOPs-bin counts; the
 the running loss and accuracy sums of the epoch in progress (the epoch summary after a resume is the mean over the
 whole epoch), taken at a step boundary; the data order of epoch ``e`` is a pure function of ``(seed, e)`` and a
 resumed epoch skips the batches already trained (``SeededLoader.set_epoch``). A run killed at any point and re-run
-ends with the same weights as an uninterrupted one, bitwise on CPU with the same torch and thread count. Not covered: random data augmentation in
-loader worker processes (ImageFolder data with ``data.num_workers > 0``) is exact across epoch boundaries only,
-and GPU kernels may be non-deterministic.
+ends with the same weights as an uninterrupted one, bitwise on CPU with the same torch and thread count. Not
+covered: random data augmentation in loader worker processes (ImageFolder data with ``data.num_workers > 0``) is
+exact across epoch boundaries only, and GPU kernels may be non-deterministic.
 
 Distributed data parallel (``nas.distributed.train``, Ray Train's ``TorchTrainer``) drives the same ``Trainer``
 from its per-worker loop: each worker builds it with ``replicas=(rank, world_size)``, which gives it its rank's
