@@ -225,13 +225,13 @@ class _Progress(threading.Thread):
     def poll(self) -> None:
         log = self.run_dir / "train.log"
         if log.exists() and log.stat().st_size > self.offset:
-            with open(log, encoding="utf-8", errors="replace") as f:
+            with open(log, "rb") as f:
                 f.seek(self.offset)
-                text = f.read()
-            complete = text[: text.rfind("\n") + 1]
-            self.offset += len(complete.encode("utf-8", errors="replace"))
-            for line in complete.splitlines():
-                print(f"nas: {line.split(' ', 2)[-1]}", file=sys.stderr, flush=True)
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]  # whole lines only: rank 0 may be writing the next one
+            self.offset += len(complete)
+            for line in complete.decode("utf-8", errors="replace").splitlines():
+                print(f"nas: {line.split(' ', 2)[-1]}", file=sys.stderr, flush=True)  # without the time stamp
 
     def run(self) -> None:
         while not self.done.wait(2.0):
@@ -296,7 +296,7 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
 
 
 def _fit(run: Path, config: dict[str, Any], ray: RayTrain) -> Any:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -306,15 +306,14 @@ def _fit(run: Path, config: dict[str, Any], ray: RayTrain) -> Any:
         run_config=RunConfig(name="train", storage_path=str(run / "ray"),
                              failure_config=FailureConfig(max_failures=ray.max_failures)))
     print(f"nas: training on Ray ({ray.address}): {ray.num_workers} worker(s), "
-          f"{'one GPU each (nccl)' if ray.use_gpu else 'CPU (gloo)'}, up to {ray.max_failures} restarts; "
+          f"{'one GPU each (nccl)' if ray.use_gpu else 'CPU (gloo)'}, "
+          f"{'restarts without limit' if ray.max_failures < 0 else f'up to {ray.max_failures} restart(s)'}; "
           f"run directory {run}", file=sys.stderr)
     progress = _Progress(run)
     progress.start()
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray Train's TrainingFailedError (V2) or TrainingFailedError (V1)
-        if type(e).__name__ not in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
-            raise
+    except TrainingFailedError as e:  # the failures retried max_failures times
         raise _unwrap(e, ray.max_failures) from None
     finally:
         progress.done.set()

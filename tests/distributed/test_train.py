@@ -395,3 +395,15 @@ def test_ddp_gives_no_gradient_to_tensors_off_the_path(files, tmp_path):
         got = load_file(tmp_path / f"rank{rank}.safetensors")
         assert got.keys() == want.keys()  # None exactly where one process has None
         _assert_close(got, want)
+
+
+@pytest.mark.slow
+def test_a_user_error_on_the_workers_is_one_line(files, ray_head):
+    """A non-finite loss on the workers, retried once like any failure, ends as the one-line error it was."""
+    recipe = files["dir"] / "recipe_nan.yaml"
+    recipe.write_text(RECIPE.replace("lr: 0.05", "lr: 1.0e+12"))
+    p = _cli(["train-supernet", str(files["space"]), "--data", DATA, "--recipe", str(recipe), "--out",
+              str(files["dir"] / "nan"), "--ray-address", ray_head, "--num-workers", "2", "--max-failures", "1"])
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"nas: error: {recipe}:4: optimizer.lr: the training loss is nan"), p.stderr[-3000:]
