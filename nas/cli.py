@@ -188,10 +188,10 @@ def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR", help="train on Ray: 'local' (a Ray instance for this job), 'auto' "
                    "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head "
                    "(docs/distributed.md)")
-    p.add_argument("--num-workers", type=int_in(1), help="data-parallel workers with --ray-address (default 1); the "
+    p.add_argument("--num-workers", type=int_in(1), metavar="N", help="data-parallel workers with --ray-address (default 1); the "
                    "recipe's batch_size is the global batch and must be divisible by it")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL), with --ray-address")
-    p.add_argument("--max-failures", type=int_in(-1), help="worker-group failures to recover from, each resuming "
+    p.add_argument("--max-failures", type=int_in(-1), metavar="K", help="worker-group failures to recover from, each resuming "
                    "from the last checkpoint, with --ray-address (default 3; -1: no limit)")
 
 
