@@ -242,7 +242,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
-               seed=args.seed)
+               seed=args.seed, ray_address=args.ray_address, num_workers=args.num_workers,
+               max_retries=args.max_retries)
     print(table(r))
 
 
@@ -354,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", help="run directory (default runs/<space>-search-<budget>-<searcher>-s<seed>); "
                     "re-running on it resumes")
     se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--ray-address", metavar="ADDR", help="evaluate candidates on Ray actors: local (a Ray instance "
+                    "for this job), auto (this machine's cluster) or HOST:PORT of a head; same results "
+                    "(docs/search.md, 'Search on Ray')")
+    se.add_argument("--num-workers", type=int_in(1), help="Ray actors, with --ray-address (default: one per CPU of "
+                    "the cluster, or per GPU when it has GPUs)")
+    se.add_argument("--max-retries", type=int_in(0), default=3, help="with --ray-address: restarts of a dead "
+                    "worker, and retries of its evaluation (default 3)")
     se.set_defaults(func=cmd_search)
     return p
 

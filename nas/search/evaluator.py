@@ -98,6 +98,13 @@ def evaluation(arch: Arch, out: PerImage, seconds: float = 0.0) -> Evaluation:
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+class Preloaded(NamedTuple):
+    """A split as the tensors an ``Evaluator`` scores: ``batches`` of (images (B, C, H, W), labels (B,)) in the
+    split's order, and ``bn``, the BatchNorm recalibration batches (None when the supernet has no BatchNorm)."""
+    batches: Batches
+    bn: Batches
+
+
 def _materialise(dataset, batch_size: int, num_batches: int | None = None, shuffle: bool = False,
                  seed: int = 0) -> Batches:
     """The first ``num_batches`` batches of a seeded loader over ``dataset``, as tensors (random transforms,
@@ -121,9 +128,9 @@ class Evaluator:
     ``max_preload_bytes`` are streamed instead of preloaded.
     """
 
-    def __init__(self, supernet: "Supernet", splits: DataSplits, split: str = "search", *, batch_size: int = 256,
-                 device: str | torch.device = "cpu", bn_batches: int = 4,
-                 max_preload_bytes: int = 2 << 30) -> None:
+    def __init__(self, supernet: "Supernet", splits: DataSplits | None, split: str = "search", *,
+                 batch_size: int = 256, device: str | torch.device = "cpu", bn_batches: int = 4,
+                 max_preload_bytes: int = 2 << 30, preloaded: "Preloaded | None" = None) -> None:
         if split not in SCORED_SPLITS:
             raise NasError(f"split: expected one of {list(SCORED_SPLITS)} (archs are never scored on training "
                            f"images), got {split!r}")
@@ -134,6 +141,11 @@ class Evaluator:
         self.device = torch.device(device)
         self.supernet = supernet.to(self.device).eval()
         self.splits, self.split, self.batch_size, self.bn_batches = splits, split, batch_size, bn_batches
+        self.cache: dict[str, Evaluation] = {}
+        if preloaded is not None:  # the batches another Evaluator materialised (``preload``): same images, order
+            self._batches, self._bn_batches = preloaded.batches, preloaded.bn
+            self.num_images, self.preloaded = sum(len(y) for _, y in preloaded.batches), True
+            return
         self.dataset = getattr(splits, split)
         self.num_images = len(self.dataset)  # type: ignore[arg-type]
         if self.num_images == 0:
@@ -142,7 +154,6 @@ class Evaluator:
         self.preloaded = self.num_images * x0.numel() * 4 <= max_preload_bytes
         self._batches: Batches | None = _materialise(self.dataset, batch_size) if self.preloaded else None
         self._bn_batches: Batches | None = None  # training batches, loaded the first time an arch has BatchNorm
-        self.cache: dict[str, Evaluation] = {}
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -152,6 +163,14 @@ class Evaluator:
         if self._batches is not None:
             return self._batches
         return make_loader(self.dataset, self.batch_size, shuffle=False, drop_last=False)
+
+    def preload(self) -> "Preloaded | None":
+        """The split's batches and the BatchNorm recalibration batches, as tensors: what an
+        ``Evaluator(..., preloaded=...)`` elsewhere (a Ray actor) needs to score exactly as this one does.
+        None when the split is streamed (too large to preload)."""
+        if self._batches is None:
+            return None
+        return Preloaded(self._batches, self.bn_data())
 
     def bn_data(self) -> Batches:
         """The training batches BatchNorm statistics are recalibrated on (a fixed seeded order)."""

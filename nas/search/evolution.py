@@ -54,11 +54,10 @@ def evolution(obj: Objective, cfg: EvolutionCfg, max_tries: int, seed: int) -> N
         raise no_candidate_error(obj, max_tries)
     scored: list[tuple[Arch, Candidate]] = []
     for gen in range(cfg.generations):
-        for arch in population:
-            if obj.exhausted:
-                return
-            scored.append((arch, obj(arch, gen)))
-        if gen == cfg.generations - 1:
+        room = max(0, obj.max_evals - len(obj.requested))
+        batch = population[:room]  # the whole generation at once: in parallel where the evaluator can
+        scored += zip(batch, obj.evaluate_many(batch, gen))
+        if len(batch) < len(population) or gen == cfg.generations - 1:
             return
         parents = [a for a, c in sorted((p for p in scored if p[1].feasible), key=lambda p: rank_key(p[1]))
                    [:cfg.parents]]

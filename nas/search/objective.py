@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from nas.arch import Arch
 from nas.cost import Cost, cost
@@ -96,10 +96,42 @@ class Objective:
         self._postfix()
         return c
 
+    def evaluate_many(self, archs: Sequence[Arch], steps: int | Sequence[int]) -> list[Candidate]:
+        """``[self(a, s) for a, s in zip(archs, steps)]`` (``steps`` one int for all, or one per arch), with the
+        new archs evaluated in parallel when the evaluator can (a ``map`` method: ``nas.distributed``). Results
+        are recorded in the order of ``archs``, each as soon as it and those before it are in, so the history
+        is the one a sequential run writes."""
+        steps = [steps] * len(archs) if isinstance(steps, int) else list(steps)
+        fan_out = getattr(self.evaluate, "map", None)
+        if fan_out is None:
+            return [self(a, s) for a, s in zip(archs, steps)]
+        new = list(dict.fromkeys(a for a in archs if a.hash() not in self.cache))  # distinct, in order
+        results = iter(fan_out([self.proxy.to_proxy(a) for a in new]))
+        out = []
+        for arch, step in zip(archs, steps):
+            c = self.cache.get(arch.hash())
+            if c is None:
+                c = self._record(arch, step, next(results), time.perf_counter())
+            else:
+                self.bar.update(1)
+            self.requested.append(c)
+            out.append(c)
+        self._postfix()
+        return out
+
+    @property
+    def parallelism(self) -> int:
+        """How many evaluations run at once (the evaluator's ``workers``; 1 in this process)."""
+        return int(getattr(self.evaluate, "workers", 1))
+
     def evaluate_new(self, arch: Arch, step: int, publish: Callable[[Candidate], None] | None = None) -> Candidate:
         """Evaluate (no cache lookup), ``publish`` the result (shared storage), record it durably, return it."""
         t0 = time.perf_counter()
-        e = self.evaluate(self.proxy.to_proxy(arch))
+        return self._record(arch, step, self.evaluate(self.proxy.to_proxy(arch)), t0, publish)
+
+    def _record(self, arch: Arch, step: int, e: EvaluationLike, t0: float,
+                publish: Callable[[Candidate], None] | None = None) -> Candidate:
+        """The candidate of target ``arch`` from its evaluation ``e``: published, appended to the history, cached."""
         tc = self.cost(arch)
         measured = e.macs_mean if self.budget.on == "mean" and e.macs_mean is not None else tc.macs
         c = Candidate(arch.hash(), step, float(e.score), float(e.loss), float(getattr(e, "objective", e.score)),

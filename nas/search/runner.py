@@ -39,7 +39,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -67,6 +67,21 @@ def open_supernet(run_dir: Path) -> Any:
 def make_evaluator(supernet: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
     from nas.search.evaluator import Evaluator
     return Evaluator(supernet, splits, split, batch_size=batch_size)
+
+
+def _ray_actors(cluster: ExitStack, address: str, supernet: Any, splits: Any, batch_size: int,
+                num_workers: int | None, max_retries: int, log: Callable[[str], None]) -> Any:
+    """Ray joined (left when ``cluster`` closes) and the evaluation actors, each holding the supernet and the
+    search and val splits (``nas.distributed.evaluation``)."""
+    from nas.distributed import ray_cluster
+    from nas.distributed.evaluation import ActorEvaluators
+
+    cluster.enter_context(ray_cluster(address))
+    actors = ActorEvaluators(supernet, {s: make_evaluator(supernet, splits, s, batch_size) for s in ("search", "val")},
+                             num_workers=num_workers, max_retries=max_retries, batch_size=batch_size)
+    log(f"ray: {actors.workers} evaluation actors on {address} (processes {', '.join(map(str, actors.pids()))}), "
+        f"--max-retries {max_retries}")
+    return actors
 
 
 # --- result -------------------------------------------------------------------------------------------
@@ -118,19 +133,34 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
            recipe: str | Path | None = None, search_recipe: str | Path | None = None,
            supernet: str | Path | None = None, storage: str | None = None, out: str | Path | None = None,
            seed: int = 0, progress: bool = True,
-           evaluator: Callable[[SearchSpace, str], Evaluate] | None = None) -> SearchResult:
+           evaluator: Callable[[SearchSpace, str], Evaluate] | None = None, ray_address: str | None = None,
+           num_workers: int | None = None, max_retries: int = 3) -> SearchResult:
     """Search ``space`` for the best arch within the budget; see the module docstring.
 
     ``evaluator(proxy_space, split)``, when given, replaces the supernet (no training, no weights exported):
-    tests pass fast deterministic fakes through it.
+    tests pass fast deterministic fakes through it. ``ray_address`` (``local``, ``auto`` or ``host:port``)
+    evaluates candidates on Ray actors (``nas.distributed.evaluation``; ``num_workers`` of them, each retried
+    up to ``max_retries`` times when its process dies); the results are the same as without.
     """
     t0 = time.perf_counter()
+    if ray_address is None and num_workers is not None:
+        raise NasError("--num-workers sets how many Ray actors evaluate candidates: it needs --ray-address "
+                       "(local, auto or HOST:PORT)")
+    if ray_address is not None:
+        from nas.distributed.cluster import check_address
+        check_address(ray_address)
+        if evaluator is not None:
+            raise NasError("an injected evaluator runs in this process; it cannot be combined with --ray-address")
+        if num_workers is not None and num_workers < 1:
+            raise NasError(f"--num-workers must be >= 1, got {num_workers}")
+        if max_retries < 0:
+            raise NasError(f"--max-retries must be >= 0, got {max_retries}")
     p = _plan(str(space), flops, params, budget_on, searcher, max_evals, top, data, recipe, search_recipe, supernet,
               storage, seed, evaluator is not None)
     target, srec, bud = p.target, p.srec, p.budget
     run = Path(out) if out is not None else default_out(target, bud, srec.searcher, seed)
     from nas.train.rundir import RunLock, check_run_json
-    with RunLock(run, activity="searching"):
+    with RunLock(run, activity="searching"), ExitStack() as cluster:
         info = {"format": RUN_FORMAT, "space_hash": target.hash, "budget": bud.to_dict(), "searcher": srec.searcher,
                 "search_recipe": srec.hash(), "train": p.train_id, "seed": seed,
                 "space": {"name": target.name, "file": p.space_file}, "search_recipe_file": srec.file,
@@ -156,8 +186,14 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                 check_same_dimensions(target, sr.space, where=str(sup_dir))
                 p.proxy = ProxyMap(target, sr.space)
             splits = sr.splits()
+            actors = None
+            if ray_address is not None:  # the actors hold the supernet and both splits; the baseline shares them
+                actors = _ray_actors(cluster, ray_address, sr.supernet, splits, srec.batch_size, num_workers,
+                                     max_retries, log)
 
             def new_evaluator(split: str, own_supernet: bool = False) -> Evaluate:
+                if actors is not None:
+                    return actors.evaluator(split)
                 net = open_supernet(sup_dir).supernet if own_supernet else sr.supernet
                 return make_evaluator(net, splits, split, srec.batch_size)
         else:
@@ -176,7 +212,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         # the search: every evaluation appended to history.csv as it completes
         history = History(run / "history.csv")
         obj = Objective(pm, bud, evaluate, history, srec.max_evals, progress, desc=f"search ({srec.searcher})")
-        with _share_threads(baseline is not None):
+        with _share_threads(baseline is not None and ray_address is None):
             if baseline is not None:
                 baseline.start()
             try:

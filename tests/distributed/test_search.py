@@ -1,0 +1,111 @@
+"""``nas search --ray-address``: candidates scored on Ray actors of a real head give the run a local search gives
+(same history apart from timings, same best arch), also when an actor's process is SIGKILLed mid-evaluation;
+Optuna on Ray evaluates each arch once and keeps its study in the run's storage."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.cli import main
+from nas.search.history import Candidate, read_history
+from nas.space import load_arch, load_space
+from nas.train import train_supernet
+from tests.distributed.conftest import head_env
+
+# PS-ViT's progressive tokenizer has BatchNorm in its stem: the recalibration batches travel to the actors too
+SPACE = """\
+name: tiny_ray
+input: {size: 16, channels: 3}
+num_classes: 5
+tokenizer: {type: progressive, points: 2, iterations: {choice: [1, 2]}, share_weights: {choice: [false, true]}}
+head: cls
+qkv_bias: false
+stages:
+  - dim: {choice: [16, 32]}
+    heads: 2
+    mlp_ratio: {choice: [1, 2]}
+    cells: [{choice: [basic, identity]}, {choice: [basic, shared_pair]}]
+"""
+"""2 x 2 x 2 x 2 x 2 x 2 = 64 archs."""
+RECIPE = """\
+seed: 0
+epochs: 1
+batch_size: 24
+optimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}
+label_smoothing: 0.0
+data: {holdout: 0.25}
+device: cpu
+"""
+DATA = "synthetic:160:5"
+EVOLUTION = """\
+searcher: evolution
+max_evals: 20
+batch_size: 64
+evolution: {population: 8, generations: 3, parents: 3, mutations: 3, crossovers: 3, mutation_prob: 0.3}
+"""
+TIMEOUT = 300
+
+
+def nas(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``nas ARGS`` in its own process joined to the head (the loopback settings before ``import ray``)."""
+    out = subprocess.run([sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())",
+                          *map(str, args)], env={**head_env(), **(env or {})}, capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def same_rows(a: list[Candidate], b: list[Candidate]) -> None:
+    """Every column but the timing equal, row for row."""
+    assert [c.row()[:11] + c.row()[12:] for c in a] == [c.row()[:11] + c.row()[12:] for c in b]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny trained supernet, the arguments of a search on it, and the local search's run directory."""
+    d = tmp_path_factory.mktemp("ray_search")
+    (d / "space.yaml").write_text(SPACE)
+    (d / "recipe.yaml").write_text(RECIPE)
+    (d / "evolution.yaml").write_text(EVOLUTION)
+    train_supernet(str(d / "space.yaml"), data=DATA, recipe=str(d / "recipe.yaml"), out=d / "supernet",
+                   progress=False)
+    b = load_space(d / "space.yaml").cost_bounds()
+    args = [d / "space.yaml", "--supernet", d / "supernet", "--flops", (b["min_macs"] + 3 * b["max_macs"]) // 4,
+            "--seed", 3]
+    assert main(["search", *map(str, args), "--search-recipe", str(d / "evolution.yaml"), "--out", str(d / "local")]) == 0
+    return {"dir": d, "args": args, "local": d / "local"}
+
+
+def test_evolution_on_ray_equals_the_local_search(job: dict, ray_head: str) -> None:
+    d = job["dir"]
+    out = d / "ray"
+    nas("search", *job["args"], "--search-recipe", d / "evolution.yaml", "--out", out, "--ray-address", ray_head,
+        "--num-workers", 2)
+    local = read_history(job["local"] / "history.csv")
+    assert len(local) == 20 and len({c.arch_hash for c in local}) == 20
+    same_rows(read_history(out / "history.csv"), local)
+    same_rows(read_history(out / "baseline.csv"), read_history(job["local"] / "baseline.csv"))
+    assert load_arch(out / "best.yaml") == load_arch(job["local"] / "best.yaml")
+    assert "ray: 2 evaluation actors" in (out / "search.log").read_text()
+
+
+def test_a_killed_actor_loses_and_repeats_nothing(job: dict, ray_head: str, tmp_path: Path) -> None:
+    """The first actor to reach its 3rd evaluation SIGKILLs itself in the middle of it: Ray restarts the actor,
+    retries the evaluation, and the search records every candidate exactly once."""
+    d, out, marker = job["dir"], tmp_path / "ray", tmp_path / "killed"
+    nas("search", *job["args"], "--search-recipe", d / "evolution.yaml", "--out", out, "--ray-address", ray_head,
+        "--num-workers", 2, "--max-retries", 2, env={"NAS_TEST_KILL_ACTOR": f"3:{marker}"})
+    assert marker.exists()  # the kill happened
+    rows = read_history(out / "history.csv")
+    assert len({c.arch_hash for c in rows}) == len(rows) == 20
+    same_rows(rows, read_history(job["local"] / "history.csv"))
+    assert load_arch(out / "best.yaml") == load_arch(job["local"] / "best.yaml")
+
+
+def test_num_workers_needs_a_ray_address(job: dict, capsys: pytest.CaptureFixture) -> None:
+    assert main(["search", *map(str, job["args"]), "--num-workers", "2", "--out", str(job["dir"] / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--num-workers" in err and "--ray-address" in err
