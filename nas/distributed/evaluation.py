@@ -72,7 +72,11 @@ class EvalActor:
             split: Evaluator(supernet, d if not isinstance(d, Preloaded) else None, split, batch_size=batch_size,
                              device=device, preloaded=d if isinstance(d, Preloaded) else None)
             for split, d in data.items()}
-        self.count, self.kill_hook = 0, kill_hook
+        self.space, self.count, self.kill_hook = space, 0, kill_hook
+
+    def evaluate_vector(self, vector: list[int], split: str) -> Evaluation:
+        """``evaluate`` of the arch of this actor's (the supernet's) space with choice indices ``vector``."""
+        return self.evaluate(self.space.decode(vector), split)
 
     def evaluate(self, arch: Arch, split: str) -> Evaluation:
         self.count += 1
@@ -121,6 +125,7 @@ class ActorEvaluators:
         self.actors = [actor.remote(space, weights, data, batch_size, "cuda" if gpus else "cpu",
                                     os.environ.get(KILL_HOOK)) for _ in range(num_workers)]
         self.ray, self.workers, self.max_retries = ray, num_workers, max_retries
+        self._refs = (space, weights, data)  # kept for the actors' restarts (their constructor arguments)
         self.pool = ActorPool(self.actors)
         self._lock = threading.Lock()
 

@@ -111,7 +111,7 @@ class Objective:
         for arch, step in zip(archs, steps):
             c = self.cache.get(arch.hash())
             if c is None:
-                c = self._record(arch, step, next(results), time.perf_counter())
+                c = self.record(arch, step, next(results), time.perf_counter())
             else:
                 self.bar.update(1)
             self.requested.append(c)
@@ -127,9 +127,9 @@ class Objective:
     def evaluate_new(self, arch: Arch, step: int, publish: Callable[[Candidate], None] | None = None) -> Candidate:
         """Evaluate (no cache lookup), ``publish`` the result (shared storage), record it durably, return it."""
         t0 = time.perf_counter()
-        return self._record(arch, step, self.evaluate(self.proxy.to_proxy(arch)), t0, publish)
+        return self.record(arch, step, self.evaluate(self.proxy.to_proxy(arch)), t0, publish)
 
-    def _record(self, arch: Arch, step: int, e: EvaluationLike, t0: float,
+    def record(self, arch: Arch, step: int, e: EvaluationLike, t0: float,
                 publish: Callable[[Candidate], None] | None = None) -> Candidate:
         """The candidate of target ``arch`` from its evaluation ``e``: published, appended to the history, cached."""
         tc = self.cost(arch)

@@ -80,47 +80,95 @@ def _sqlite_wal(storage: Any) -> None:
     storage.engine.dispose()  # pooled connections were opened before the listener
 
 
+def open_storage(storage: str, recipe: SearchRecipe) -> Any:
+    """The Optuna RDB storage at URL ``storage``, with heartbeats, SQLite in WAL mode (``NasError`` when Optuna
+    cannot open it)."""
+    import optuna
+
+    cfg = recipe.optuna
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                st = optuna.storages.RDBStorage(storage, heartbeat_interval=cfg.heartbeat_interval,
+                                                grace_period=cfg.grace_period)
+            break
+        except Exception as e:  # invalid URLs, missing drivers: the user's input
+            # two workers creating one new database race on its schema: the loser retries
+            from sqlalchemy.exc import DBAPIError
+            if attempt < 4 and isinstance(e, DBAPIError):  # e.g. "table already exists", "locked"
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an "
+                           "RDB URL such as sqlite:///study.db") from None
+    if st.engine.dialect.name == "sqlite":
+        _sqlite_wal(st)
+    return st
+
+
+def has_set_constraint() -> bool:
+    from optuna.trial import Trial
+    return hasattr(Trial, "set_constraint")
+
+
+def make_sampler(recipe: SearchRecipe, seed: int, multi: bool) -> tuple[Any, list[str]]:
+    """The sampler (TPE with the constant liar, or NSGA-II) and the study's directions."""
+    import optuna
+
+    cons = None if has_set_constraint() else (lambda t: [t.user_attrs.get("constraint", 0.0)])
+    if multi:
+        n = recipe.nsga2
+        sampler = optuna.samplers.NSGAIISampler(population_size=n.population, crossover_prob=n.crossover_prob,
+                                                mutation_prob=n.mutation_prob, seed=seed,
+                                                **({} if cons is None else {"constraints_func": cons}))
+        return sampler, ["maximize", "minimize"]
+    cfg = recipe.optuna
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
+                                         multivariate=cfg.multivariate, constant_liar=True,
+                                         **({} if cons is None else {"constraints_func": cons}))
+    return sampler, ["maximize"]
+
+
+def set_violation(trial: Any, violation: float) -> None:
+    """The budget constraint of ``trial`` (<= 0 satisfied), through ``set_constraint`` where Optuna has it."""
+    if has_set_constraint():
+        trial.set_constraint("budget", violation)
+    else:
+        trial.set_user_attr("constraint", violation)
+
+
+def rejection(obj: Objective, trial: Any, arch: Any, multi: bool) -> float | tuple[float, float]:
+    """Mark ``trial`` (its target ``arch`` fails the budget's pre-check) rejected; the values to tell."""
+    c = obj.cost(arch)
+    trial.set_user_attr("rejected", True)
+    macs = c.macs_min if obj.budget.on == "mean" else c.macs  # the best the arch could do
+    set_violation(trial, max(obj.budget.violation(macs, c.params), 1e-9))
+    return (_WORST, float(c.macs)) if multi else _WORST
+
+
+def constrain(obj: Objective, trial: Any, cand: Candidate) -> None:
+    """The budget constraint of ``trial`` from its evaluated candidate (the measured mean for a mean budget)."""
+    set_violation(trial, 0.0 if cand.feasible else max(obj.budget.violation(
+        cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params), 1e-9))
+
+
+def values(obj: Objective, c: Candidate, multi: bool) -> float | tuple[float, float]:
+    """What the study is told for candidate ``c``: its objective (and the budget's MACs for NSGA-II)."""
+    m = c.macs_mean if obj.budget.on == "mean" and c.macs_mean is not None else c.target_macs
+    return (c.objective, float(m)) if multi else c.objective
+
+
 class _Study:
     """The study plus the cross-worker cache and claim protocol (see the module docstring)."""
 
     def __init__(self, obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,
                  multi: bool) -> None:
         import optuna
-        from optuna.trial import Trial
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.obj, self.multi = optuna, obj, multi
-        self.has_set_constraint = hasattr(Trial, "set_constraint")
-        cons = None if self.has_set_constraint else (lambda t: [t.user_attrs.get("constraint", 0.0)])
-        cfg = recipe.optuna
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    st = optuna.storages.RDBStorage(storage, heartbeat_interval=cfg.heartbeat_interval,
-                                                    grace_period=cfg.grace_period)
-                break
-            except Exception as e:  # invalid URLs, missing drivers: the user's input
-                # two workers creating one new database race on its schema: the loser retries
-                from sqlalchemy.exc import DBAPIError
-                if attempt < 4 and isinstance(e, DBAPIError):  # e.g. "table already exists", "locked"
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an "
-                               "RDB URL such as sqlite:///study.db") from None
-        if st.engine.dialect.name == "sqlite":
-            _sqlite_wal(st)
-        if multi:
-            n = recipe.nsga2
-            sampler = optuna.samplers.NSGAIISampler(population_size=n.population, crossover_prob=n.crossover_prob,
-                                                    mutation_prob=n.mutation_prob, seed=seed,
-                                                    **({} if cons is None else {"constraints_func": cons}))
-            directions = ["maximize", "minimize"]
-        else:
-            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
-                                                 multivariate=cfg.multivariate, constant_liar=True,
-                                                 **({} if cons is None else {"constraints_func": cons}))
-            directions = ["maximize"]
+        st = open_storage(storage, recipe)
+        sampler, directions = make_sampler(recipe, seed, multi)
         self.study = optuna.create_study(storage=st, sampler=sampler, study_name=study_name,
                                          directions=directions, load_if_exists=True)
         if self.study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
@@ -145,16 +193,6 @@ class _Study:
         return len({t.user_attrs["arch_hash"] for t in self.trials() if "candidate" in t.user_attrs})
 
     # --- one trial -----------------------------------------------------------------------------------
-    def values(self, c: Candidate) -> float | tuple[float, float]:
-        m = c.macs_mean if self.obj.budget.on == "mean" and c.macs_mean is not None else c.target_macs
-        return (c.objective, float(m)) if self.multi else c.objective
-
-    def constrain(self, trial: Any, violation: float) -> None:
-        if self.has_set_constraint:
-            trial.set_constraint("budget", violation)
-        else:
-            trial.set_user_attr("constraint", violation)
-
     def objective(self, trial: Any) -> float | tuple[float, float]:
         obj = self.obj
         vec = suggest_vector(trial, obj)
@@ -162,15 +200,10 @@ class _Study:
         h = arch.hash()
         trial.set_user_attr("arch_hash", h)
         if not obj.precheck(arch):
-            c = obj.cost(arch)
-            trial.set_user_attr("rejected", True)
-            macs = c.macs_min if obj.budget.on == "mean" else c.macs  # the best the arch could do
-            self.constrain(trial, max(obj.budget.violation(macs, c.params), 1e-9))
-            return (_WORST, float(c.macs)) if self.multi else _WORST
+            return rejection(obj, trial, arch, self.multi)
         cand = self.claim(trial, h, arch)
-        self.constrain(trial, 0.0 if cand.feasible else max(obj.budget.violation(
-            cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params), 1e-9))
-        return self.values(cand)
+        constrain(obj, trial, cand)
+        return values(obj, cand, self.multi)
 
     def claim(self, trial: Any, h: str, arch: Any) -> Candidate:
         """The candidate of ``arch``: cached, evaluated here (this trial owns the hash), or another's result."""

@@ -174,7 +174,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
             f"searcher {srec.searcher}, seed {seed}; " + "; ".join(p.notes))
 
         # the supernet (trained here unless given) and the evaluators of its search and val splits
-        sr = None
+        sr = actors = None
         if evaluator is None:
             sup_dir = Path(supernet) if supernet is not None else run / "supernet"
             if supernet is None:
@@ -186,7 +186,6 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                 check_same_dimensions(target, sr.space, where=str(sup_dir))
                 p.proxy = ProxyMap(target, sr.space)
             splits = sr.splits()
-            actors = None
             if ray_address is not None:  # the actors hold the supernet and both splits; the baseline shares them
                 actors = _ray_actors(cluster, ray_address, sr.supernet, splits, srec.batch_size, num_workers,
                                      max_retries, log)
@@ -216,7 +215,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
             if baseline is not None:
                 baseline.start()
             try:
-                cands = _run_searcher(obj, srec, seed, storage, run, target, bud)
+                cands = _run_searcher(obj, srec, seed, storage, run, target, bud, actors)
             finally:
                 obj.close()
                 history.close()
@@ -398,7 +397,7 @@ def _mean_refusal(where: str | None, why: str = "") -> NasError:
 
 
 def _run_searcher(obj: Objective, srec: SearchRecipe, seed: int, storage: str | None, run: Path,
-                  target: SearchSpace, bud: Budget) -> list[Candidate]:
+                  target: SearchSpace, bud: Budget, actors: Any = None) -> list[Candidate]:
     if srec.searcher == "evolution":
         from nas.search.evolution import evolution
         evolution(obj, srec.evolution, srec.max_tries, seed)
@@ -410,6 +409,9 @@ def _run_searcher(obj: Objective, srec: SearchRecipe, seed: int, storage: str | 
     from nas.search.optuna_search import optuna_search
     url = storage or f"sqlite:///{(run / 'study.db').resolve()}"
     name = f"nas-search-{target.name}-{target.hash}-{bud.label()}-{srec.searcher}-{srec.hash()}-s{seed}"
+    if actors is not None:  # through Ray Tune's OptunaSearch, trials scored by the actors
+        from nas.distributed.tune import tune_search
+        return tune_search(obj, srec, seed, url, name, srec.searcher == "nsga2", actors, run / "tune")
     return optuna_search(obj, srec, seed, url, name, multi=srec.searcher == "nsga2")
 
 
