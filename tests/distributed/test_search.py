@@ -3,14 +3,17 @@
 Optuna on Ray evaluates each arch once and keeps its study in the run's storage."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from nas.cli import main
-from nas.search.history import Candidate, read_history
+from nas.search.history import Candidate, best, read_history
 from nas.space import load_arch, load_space
 from nas.train import train_supernet
 from tests.distributed.conftest import head_env
@@ -46,6 +49,13 @@ max_evals: 20
 batch_size: 64
 evolution: {population: 8, generations: 3, parents: 3, mutations: 3, crossovers: 3, mutation_prob: 0.3}
 """
+OPTUNA = """\
+searcher: optuna
+max_evals: 12
+batch_size: 64
+baseline: false
+optuna: {n_startup_trials: 4}
+"""
 TIMEOUT = 300
 
 
@@ -70,11 +80,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (d / "space.yaml").write_text(SPACE)
     (d / "recipe.yaml").write_text(RECIPE)
     (d / "evolution.yaml").write_text(EVOLUTION)
+    (d / "optuna.yaml").write_text(OPTUNA)
     train_supernet(str(d / "space.yaml"), data=DATA, recipe=str(d / "recipe.yaml"), out=d / "supernet",
                    progress=False)
     b = load_space(d / "space.yaml").cost_bounds()
-    args = [d / "space.yaml", "--supernet", d / "supernet", "--flops", (b["min_macs"] + 3 * b["max_macs"]) // 4,
-            "--seed", 3]
+    limit = (b["min_macs"] + 3 * b["max_macs"]) // 4
+    args = [d / "space.yaml", "--supernet", d / "supernet", "--flops", limit, "--seed", 3]
     assert main(["search", *map(str, args), "--search-recipe", str(d / "evolution.yaml"), "--out", str(d / "local")]) == 0
     return {"dir": d, "args": args, "local": d / "local"}
 
@@ -109,3 +120,60 @@ def test_num_workers_needs_a_ray_address(job: dict, capsys: pytest.CaptureFixtur
     assert main(["search", *map(str, job["args"]), "--num-workers", "2", "--out", str(job["dir"] / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--num-workers" in err and "--ray-address" in err
+
+
+def check_optuna_run(out: Path, local: list[Candidate]) -> list[Candidate]:
+    """12 distinct archs in the history, the same in the study (one study, every trial told), scores equal to
+    the local evaluator's where the local search scored the same arch, and the winner the history's best."""
+    import optuna
+
+    rows = read_history(out / "history.csv")
+    assert len(rows) == len({c.arch_hash for c in rows}) == 12
+    url = f"sqlite:///{out / 'study.db'}"
+    (name,) = optuna.get_all_study_names(url)
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert all(t.state == optuna.trial.TrialState.COMPLETE or t.state == optuna.trial.TrialState.FAIL
+               for t in trials)
+    stored = [t.user_attrs["candidate"]["arch_hash"] for t in trials if "candidate" in t.user_attrs]
+    assert len(stored) == len(set(stored)) and set(stored) <= {c.arch_hash for c in rows}
+    by_hash = {c.arch_hash: c for c in local}
+    both = [c for c in rows if c.arch_hash in by_hash]
+    assert all((c.score, c.loss) == (by_hash[c.arch_hash].score, by_hash[c.arch_hash].loss) for c in both)
+    assert load_arch(out / "best.yaml").hash() == best(rows).arch_hash
+    return rows
+
+
+def test_optuna_on_ray_evaluates_each_arch_once(job: dict, ray_head: str, tmp_path: Path) -> None:
+    """Through Ray Tune's OptunaSearch (default workers: the head's 2 CPUs): no arch evaluated twice, the
+    study in the run's storage, Tune's files inside the run directory."""
+    out = tmp_path / "optuna"
+    nas("search", *job["args"], "--search-recipe", job["dir"] / "optuna.yaml", "--out", out, "--ray-address",
+        ray_head)
+    check_optuna_run(out, read_history(job["local"] / "history.csv"))
+    assert "ray: 2 evaluation actors" in (out / "search.log").read_text()
+    assert (out / "tune" / "optuna").is_dir()
+
+
+@pytest.mark.slow
+def test_optuna_on_ray_resumes_after_the_driver_is_killed(job: dict, ray_head: str, tmp_path: Path) -> None:
+    """SIGKILL the driver once a few candidates are in: the same command finishes the search with no candidate
+    lost (the first ones are still there) or evaluated again."""
+    out = tmp_path / "optuna"
+    cmd = [sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())", "search",
+           *map(str, job["args"]), "--search-recipe", str(job["dir"] / "optuna.yaml"), "--out", str(out),
+           "--ray-address", ray_head]
+    driver = subprocess.Popen(cmd, env=head_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        while len(read_history(out / "history.csv")) < 4:
+            assert driver.poll() is None and time.time() < deadline, "the search ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    before = read_history(out / "history.csv")
+    assert 4 <= len(before) < 12
+    nas(*cmd[3:])
+    rows = check_optuna_run(out, read_history(job["local"] / "history.csv"))
+    assert rows[:len(before)] == before
