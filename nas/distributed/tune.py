@@ -27,8 +27,8 @@ Decisions where Ray leaves a choice:
 - Resuming is the search's own, not Tune's (``Tuner.restore``): the study and ``history.csv`` hold the whole
   state. A new driver marks the study's trials that a killed driver left RUNNING as FAIL (the driver is the
   study's only client on Ray) and starts a fresh Tune experiment; the searcher is never checkpointed by Tune.
-- Trials ask for no CPU (the evaluation actors hold the CPUs or GPUs; ``TRIAL_RESOURCES``); each trial is given an actor that no
-  other live trial uses (``config['slot']``), so N concurrent trials keep N actors busy.
+- Trials ask for no CPU (the evaluation actors hold the CPUs or GPUs; ``TRIAL_RESOURCES``); each trial is
+  given an actor that no other live trial uses (``config['slot']``), so N concurrent trials keep N actors busy.
 - A worker that dies is the actors' business (restart and retry, ``--max-retries``); a trial that fails anyway
   stops the search with a ``NasError`` after the others finished; the same command resumes it.
 - History rows appear in the order trials complete, numbered by Optuna trial: with N > 1 workers the search

@@ -12,7 +12,9 @@ Order of work (cheap checks first, so bad input fails in well under a second, be
 4. the supernet: trained into ``<run>/supernet`` per the training recipe (resumable), or ``--supernet``;
 5. the searcher, scoring proxy archs with inherited weights on the search split, the budget checked on the
    target archs; every evaluation appended to ``history.csv`` at once, so a killed run resumes losing nothing;
-   beside it, in a thread, the random baseline at the same number of evaluations (``baseline.csv``);
+   beside it, in a thread, the random baseline at the same number of evaluations (``baseline.csv``); with
+   ``ray_address`` the evaluations run on Ray actors holding the supernet (``nas.distributed.evaluation``,
+   Optuna through Ray Tune: ``nas.distributed.tune``), with the same results, the driver writing every file;
 6. the winner's and the baseline's best top-1 on the validation split;
 7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv, summary.json; the pictures
    (``nas.viz``): pareto.png, best_so_far.png.
@@ -31,7 +33,10 @@ Decisions where the papers are silent:
 - The winner and the baseline's best are re-scored on the validation split (never seen by the search).
 - The baseline runs concurrently with the search (its own supernet copy, half of torch's threads each): on the
   2-core CPU of the main job the two cost about the wall time of one. An arch both happen to draw is scored
-  by each (the two histories are independent, each resumable on its own).
+  by each (the two histories are independent, each resumable on its own). On Ray both use the same actors.
+- The Ray address and the number of workers are not part of ``run.json``: a run started on Ray resumes
+  locally, on another cluster or with another ``--num-workers`` (evolution and random search give the same
+  candidates whatever the workers).
 - Changing ``--max-evals`` changes the search recipe: a run directory refuses it like any other recipe change.
 """
 from __future__ import annotations

@@ -86,7 +86,8 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     b = load_space(d / "space.yaml").cost_bounds()
     limit = (b["min_macs"] + 3 * b["max_macs"]) // 4
     args = [d / "space.yaml", "--supernet", d / "supernet", "--flops", limit, "--seed", 3]
-    assert main(["search", *map(str, args), "--search-recipe", str(d / "evolution.yaml"), "--out", str(d / "local")]) == 0
+    assert main(["search", *map(str, args), "--search-recipe", str(d / "evolution.yaml"), "--out",
+                 str(d / "local")]) == 0
     return {"dir": d, "args": args, "local": d / "local"}
 
 
