@@ -239,11 +239,17 @@ def cmd_rank_check(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from nas.search.runner import search, table
+    if args.ray_address is None:
+        given = [flag for flag, value in (("--num-workers", args.num_workers), ("--max-retries", args.max_retries))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray-address (local, auto "
+                             f"or HOST:PORT): without it candidates are evaluated in this process")
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
                seed=args.seed, ray_address=args.ray_address, num_workers=args.num_workers,
-               max_retries=args.max_retries)
+               max_retries=3 if args.max_retries is None else args.max_retries)
     print(table(r))
 
 
@@ -358,9 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--ray-address", metavar="ADDR", help="evaluate candidates on Ray actors: local (a Ray instance "
                     "for this job), auto (this machine's cluster) or HOST:PORT of a head; same results "
                     "(docs/search.md, 'Search on Ray')")
-    se.add_argument("--num-workers", type=int_in(1), help="Ray actors, with --ray-address (default: one per CPU of "
-                    "the cluster, or per GPU when it has GPUs)")
-    se.add_argument("--max-retries", type=int_in(0), default=3, help="with --ray-address: restarts of a dead "
+    se.add_argument("--num-workers", type=int_in(1), metavar="N", help="evaluation actors, with --ray-address "
+                    "(default: one per CPU of the cluster, or one per GPU when it has GPUs)")
+    se.add_argument("--max-retries", type=int_in(0), metavar="K", help="with --ray-address: restarts of a dead "
                     "worker, and retries of its evaluation (default 3)")
     se.set_defaults(func=cmd_search)
     return p
