@@ -263,16 +263,18 @@ def _plot(rows: list[dict], result: dict, path: Path) -> None:
 
     fmt = lambda v: "nan" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
     noise = result.get("noise_loss")
-    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(16 if noise else 11, 4.5))
+    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(16 if noise else 11, 4.8), layout="constrained")
     band = result.get("band")
-    where = f", MACs band {band[0] / 1e9:.3g}G-{band[1] / 1e9:.3g}G" if band else ""
+    fig.suptitle(f"{result['n']} subnets " + (f"in the MACs band {band[0] / 1e9:.3g}G-{band[1] / 1e9:.3g}G (target)"
+                                             if band else "spread over the MACs range")
+                 + (f", each trained alone with {result['seeds']} seeds" if result["seeds"] > 1 else ""), fontsize=10)
     # (x column, y column, x label, y label, title, correlation)
     panels = [(f"inherited_{k}", f"standalone_{k}", f"inherited {k}", f"standalone {k}",
-               f"{k} (val), inherited vs standalone{where}", result[k]) for k in ("top1", "loss")]
+               f"{k} (val): inherited vs standalone", result[k]) for k in ("top1", "loss")]
     if noise:
-        pairs = " (mean over seed pairs)" if result["seeds"] > 2 else ""
+        pairs = ", mean over seed pairs" if result["seeds"] > 2 else ""
         panels.append(("standalone_loss", "standalone_loss_s1", "standalone loss, seed 0", "standalone loss, seed 1",
-                       f"loss (val), two standalone seeds: the noise ceiling{pairs}", noise))
+                       f"loss (val): two standalone seeds (noise ceiling{pairs})", noise))
     macs_key = "target_macs" if band else "macs"
     for ax, (xk, yk, xl, yl, title, c) in zip(axes, panels):
         sc = ax.scatter([r[xk] for r in rows], [r[yk] for r in rows], c=[r[macs_key] for r in rows], cmap="viridis")
