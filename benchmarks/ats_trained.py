@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         row["top1_delta"] = row["val_top1"] - base["val_top1"]
     se = math.sqrt(base["val_top1"] * (1 - base["val_top1"]) / base["images"])
     machine = (torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU") + f", torch {torch.__version__}"
+    took = f", {train_s:.0f} s" if r.resumed_from is None else ""
     head = (f"{base_file.stem} at 32x32, patch {args.patch} ({(32 // args.patch) ** 2} patch tokens), retrained "
-            f"{rc.epochs} epochs with ATS off ({train_s:.0f} s here, {r.steps} steps), ATS in blocks "
+            f"{rc.epochs} epochs with ATS off ({r.steps} steps{took}), ATS in blocks "
             f"{args.blocks} applied with no fine-tuning; {base['images']} val images (one standard error "
             f"{100 * se:.1f} points); {machine}")
     lines = ["| model | val top-1 | change | val loss | mean MACs / image | MACs vs base | mean patch tokens kept, "

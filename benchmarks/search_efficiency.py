@@ -110,11 +110,19 @@ class CachedEvaluator:
 
 
 def fingerprint(supernet_dir: Path, device: str) -> str:
-    from nas.train.checkpoint import sha256_file
+    """What the cached scores depend on: the supernet's tensors (names and values, not the file's bytes, which a
+    finished run's re-export may reorder), the search split's images and the device kind."""
+    import torch
+    from safetensors import safe_open
 
+    h = hashlib.sha256()
+    with safe_open(str(supernet_dir / "supernet.safetensors"), "pt") as f:
+        for k in sorted(f.keys()):
+            h.update(k.encode())
+            h.update(f.get_tensor(k).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     info = json.loads((supernet_dir / "run.json").read_text())
-    return (f"weights {sha256_file(supernet_dir / 'supernet.safetensors')[:16]} search "
-            f"{info['data']['sha256']['search'][:16]} device {device}")
+    return f"weights {h.hexdigest()[:16]} search {info['data']['sha256']['search'][:16]} device {device}"
+
 
 
 def pick_device(device: str) -> str:
