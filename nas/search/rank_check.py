@@ -15,10 +15,13 @@ noisy reference).
 
 One MACs band (``band=(lo, hi)``, MACs of the space as written, as ``nas search --flops LO:HI`` counts them):
 the n archs are drawn inside it instead of across the whole range (``band_archs``), so that size alone cannot
-explain the ranking; ``macs`` reports how well MACs alone (more is better) would rank them.
+explain the ranking; ``macs_loss`` and ``macs_top1`` report how well MACs alone (more is better) rank them,
+with or without a band.
 
-Re-running resumes: a finished standalone run is read back from its ``metrics.json``, an interrupted one
-continues from its last checkpoint (the run directory is ``nas.train.rundir``'s; a changed recipe is refused).
+``workers`` > 1 runs that many standalone trainings at once, each in a process of its own (on one GPU, or on
+the cores of a CPU). Re-running resumes: a finished standalone run is read back from its ``metrics.json``, an
+interrupted one continues from its last checkpoint (the run directory is ``nas.train.rundir``'s; a changed
+recipe is refused).
 
 Decisions where the papers are silent:
 
