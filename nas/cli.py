@@ -231,9 +231,14 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 def cmd_rank_check(args: argparse.Namespace) -> None:
     from nas.search.rank_check import rank_check
-    r = rank_check(args.supernet_run, args.n, out=args.out, recipe=args.recipe, seed=args.seed)
-    for key in ("top1", "loss"):
-        print(f"{key}: Kendall tau {r[key]['tau']:.3f}  Spearman rho {r[key]['rho']:.3f}  (n={r['n']})")
+    r = rank_check(args.supernet_run, args.n, out=args.out, recipe=args.recipe, seed=args.seed, seeds=args.seeds,
+                   band=args.band, workers=args.workers)
+    for key, what in (("top1", "inherited vs standalone"), ("loss", "inherited vs standalone"),
+                      ("vs_mean_top1", "inherited vs standalone mean"), ("vs_mean_loss", "inherited vs standalone mean"),
+                      ("noise_top1", "standalone seed vs seed (noise ceiling)"),
+                      ("noise_loss", "standalone seed vs seed (noise ceiling)"), ("macs_loss", "MACs alone vs standalone")):
+        if key in r:
+            print(f"{key}: Kendall tau {r[key]['tau']:.3f}  Spearman rho {r[key]['rho']:.3f}  ({what}, n={r['n']})")
     print(f"{r['csv']}\n{r['png']}")
 
 
@@ -338,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("-n", type=int, default=12, help="archs spread over the MACs range (default 12)")
     rk.add_argument("--recipe", type=path_arg, help="standalone training recipe (default: the supernet's own)")
     rk.add_argument("--seed", type=int, default=0, help="seed of the arch sampling")
+    rk.add_argument("--seeds", type=int, default=1, help="train each arch alone this many times (recipe seed, "
+                    "seed+1, ...); 2 or more also reports the noise ceiling, standalone seed vs seed (default 1)")
+    rk.add_argument("--band", help="draw the archs inside one MACs band LO:HI of the space as written (e.g. "
+                    "1.0G:1.3G), so that size alone cannot explain the ranking (default: the whole MACs range)")
+    rk.add_argument("--workers", type=int, default=1, help="standalone trainings at once, one process each "
+                    "(default 1)")
     rk.add_argument("--out", type=path_arg, help="folder of the runs and results (default <run>/../rank-check); "
                     "re-running resumes")
     rk.set_defaults(func=cmd_rank_check)
