@@ -46,3 +46,25 @@ def random_arch(rng: random.Random, img_size: int = 32, num_classes: int = 10) -
     return Arch(img_size, 3, num_classes, PatchTokenizer(rng.choice([4, 8])), tuple(stages),
                 pooling=Pooling(pooling, rng.choice([1, 2, 3])), head=rng.choice(["cls", "gap"]),
                 qkv_bias=rng.random() < 0.7)
+
+
+def tiny_space(num_classes: int) -> str:
+    """The YAML of a 16x16, 2-stage space (1D pooling between stages; basic, shared-pair and identity cells; two
+    widths, head counts and MLP ratios) whose supernet trains in seconds: the training and evaluation tests'."""
+    return f"""\
+name: tiny
+input: {{size: 16, channels: 3}}
+num_classes: {num_classes}
+tokenizer: {{type: patch, patch_size: 4}}
+pooling: {{type: 1d, kernel: 3}}
+head: cls
+stages:
+  - dim: 16
+    heads: 2
+    mlp_ratio: 2
+    cells: {{repeat: 2, choice: [basic, shared_pair, identity]}}
+  - dim: {{choice: [16, 24]}}
+    heads: {{choice: [2, 4]}}
+    mlp_ratio: {{choice: [1.5, 2]}}
+    cells: [{{choice: [basic, identity]}}, basic]
+"""

@@ -31,25 +31,10 @@ from nas.train import retrain, train_supernet
 from nas.train.sampler import FlopsBinSampler, make_sampler
 from nas.train.spos import SposPath, supernet_job
 from tests.distributed.conftest import head_env
+from tests.helpers import tiny_space
 
 DATA = "synthetic:64"  # 16x16 RGB, 10 classes: 44 training images -> 5 global batches of 8 per epoch
-SPACE = """\
-name: tiny
-input: {size: 16, channels: 3}
-num_classes: 10
-tokenizer: {type: patch, patch_size: 4}
-pooling: {type: 1d, kernel: 3}
-head: cls
-stages:
-  - dim: 16
-    heads: 2
-    mlp_ratio: 2
-    cells: {repeat: 2, choice: [basic, shared_pair, identity]}
-  - dim: {choice: [16, 24]}
-    heads: {choice: [2, 4]}
-    mlp_ratio: {choice: [1.5, 2]}
-    cells: [{choice: [basic, identity]}, basic]
-"""
+SPACE = tiny_space(10)
 # No dropout, drop path, mixup or augmentation: N ranks of batch 8/N then compute what one process does on 8
 # (up to float summation order). Weight decay and momentum would move tensors off the path if DDP gave them zeros.
 RECIPE = """\

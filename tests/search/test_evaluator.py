@@ -22,25 +22,10 @@ from nas.space.proxy import check_proxy, to_proxy
 from nas.supernet import Supernet, recalibrate_bn
 from nas.train import train_supernet
 from nas.train.rundir import load_supernet_run
+from tests.helpers import tiny_space
 
 DATA = "synthetic:200:5"  # 16x16 RGB, 5 classes: val 40, search 40 (holdout 0.25), train 120
-STATIC = """\
-name: tiny
-input: {size: 16, channels: 3}
-num_classes: 5
-tokenizer: {type: patch, patch_size: 4}
-pooling: {type: 1d, kernel: 3}
-head: cls
-stages:
-  - dim: 16
-    heads: 2
-    mlp_ratio: 2
-    cells: {repeat: 2, choice: [basic, shared_pair, identity]}
-  - dim: {choice: [16, 24]}
-    heads: {choice: [2, 4]}
-    mlp_ratio: {choice: [1.5, 2]}
-    cells: [{choice: [basic, identity]}, basic]
-"""
+STATIC = tiny_space(5)
 PROGRESSIVE = """\
 name: tiny_ps
 input: {size: 16, channels: 3}

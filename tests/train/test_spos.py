@@ -27,26 +27,11 @@ from nas.errors import NasError
 from nas.space import load_space
 from nas.train import train_supernet
 from nas.train.sampler import FlopsBinSampler, UniformSampler, make_sampler
+from tests.helpers import tiny_space
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "synthetic:64"  # 16x16 RGB, 10 classes: 44 training images -> 5 steps of 8 per epoch
-SPACE = """\
-name: tiny
-input: {size: 16, channels: 3}
-num_classes: 1000   # the data has 10 classes: the trainer sets 10
-tokenizer: {type: patch, patch_size: 4}
-pooling: {type: 1d, kernel: 3}
-head: cls
-stages:
-  - dim: 16
-    heads: 2
-    mlp_ratio: 2
-    cells: {repeat: 2, choice: [basic, shared_pair, identity]}
-  - dim: {choice: [16, 24]}
-    heads: {choice: [2, 4]}
-    mlp_ratio: {choice: [1.5, 2]}
-    cells: [{choice: [basic, identity]}, basic]
-"""
+SPACE = tiny_space(1000)  # the data has 10 classes: the trainer sets 10
 # Every RNG the trainer checkpoints is exercised: numpy (mixup), torch (model init, cutmix boxes, drop path), the
 # arch sampler.
 RECIPE = """\
