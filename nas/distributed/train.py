@@ -258,8 +258,7 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     Returns what the local job returns (``TrainResult`` / ``RetrainResult``), from rank 0.
     """
     from nas.distributed.cluster import ray_cluster
-    from nas.train.loop import check_batch
-    from nas.train.rundir import RunLock, prepare
+    from nas.train.loop import check_batch, checked_run
 
     if ray.num_workers < 1 or ray.max_failures < -1:
         raise NasError(f"--num-workers must be >= 1 and --max-failures >= -1, got {ray.num_workers} and "
@@ -273,9 +272,7 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     if not ray.use_gpu and rc.device == "cuda":
         raise rc.error("device", "device cuda: add --use-gpu so that Ray gives every worker a GPU")
     run = job.run.resolve()
-    with RunLock(run):
-        existing = prepare(run, job.spec, resume, commit_now=False)
-        job.note()
+    with checked_run(job, resume) as existing:
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
         with ray_cluster(ray.address, num_cpus=max(os.cpu_count() or 1, ray.num_workers)) as r:
             resources = r.cluster_resources()

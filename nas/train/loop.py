@@ -62,7 +62,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -478,17 +478,22 @@ class Trainer:
 T = TypeVar("T")
 
 
-def run_job(run: Path, spec: RunSpec, resume: bool, make: Callable[[], Trainer],
-            finish: Callable[[Trainer, TrainResult], T], started: Callable[[], None] | None = None) -> T:
-    """The life of a training job in ``run``: lock it, check it against ``spec`` (refusing a changed run), then
-    ``train_job`` with the trainer ``make()`` returns. ``started()`` runs once the run is checked (notes on
-    stderr)."""
+@contextlib.contextmanager
+def checked_run(job: Job, resume: bool) -> Iterator[bool]:
+    """``job``'s run directory locked and checked against ``job.spec`` (a changed run refused), ``job.note()``
+    said; yields whether the run existed. Wherever the job then trains (here, or on Ray workers)."""
+    with RunLock(job.run):
+        existing = prepare(job.run, job.spec, resume, commit_now=False)
+        job.note()
+        yield existing
+
+
+def run_job(job: Job, resume: bool) -> Any:
+    """The life of ``job`` in this process: ``checked_run``, then ``train_job`` with the trainer ``job.make()``
+    returns; returns what ``job.finish`` returns."""
     t0 = time.perf_counter()
-    with RunLock(run):
-        existing = prepare(run, spec, resume, commit_now=False)
-        if started is not None:
-            started()
-        return train_job(run, spec, existing, make(), finish, t0)  # type: ignore[return-value]  # is_main
+    with checked_run(job, resume) as existing:
+        return train_job(job.run, job.spec, existing, job.make(), job.finish, t0)
 
 
 def train_job(run: Path, spec: RunSpec, existing: bool, trainer: Trainer,

@@ -155,7 +155,7 @@ def retrain(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe 
     arguments resumes; ``resume=True`` additionally requires that ``out`` holds a run. On a Ray cluster:
     ``nas.distributed.train``."""
     job = retrain_job(arch_file, data, recipe, out, init, progress, on_step)
-    return run_job(job.run, job.spec, resume, job.make, job.finish, started=job.note)
+    return run_job(job, resume)
 
 
 def retrain_job(arch_file: str | os.PathLike, data: str = "builtin", recipe: Recipe | str | os.PathLike | None = None,

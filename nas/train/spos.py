@@ -160,4 +160,4 @@ def train_supernet(space: str | os.PathLike, data: str = "builtin",
     runs a path with ``supernet.bound(arch)``). On a Ray cluster: ``nas.distributed.train``.
     """
     job = supernet_job(space, data, recipe, out, progress, on_step, build)
-    return run_job(job.run, job.spec, resume, job.make, job.finish, started=job.note)
+    return run_job(job, resume)
