@@ -48,7 +48,8 @@ from nas.errors import NasError
 from nas.search.evaluator import Evaluation
 from nas.search.history import Candidate
 from nas.search.objective import Objective
-from nas.search.optuna_search import (constrain, make_sampler, open_storage, rejection, suggest_vector, values)
+from nas.search.optuna_search import (constrain, make_sampler, open_study, rejection, remember_candidates,
+                                      suggest_vector, values)
 from nas.search.recipe import SearchRecipe
 
 METRICS = ("objective", "budget_macs")
@@ -203,18 +204,11 @@ def tune_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, s
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(storage, recipe)
     sampler, directions = make_sampler(recipe, seed, multi)
-    study = optuna.create_study(storage=st, study_name=study_name, directions=directions, load_if_exists=True)
-    if study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
-        raise NasError(f"study {study_name!r} in {storage} has other objectives; use another --storage")
+    study, st = open_study(storage, recipe, study_name, directions)  # the sampler is OptunaSearch's
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed driver
-    for t in study.get_trials(deepcopy=False):  # candidates of the study that the history lacks (another run)
-        js = t.user_attrs.get("candidate")
-        if js is not None:
-            obj.remember(Candidate.from_json(js))
+    remember_candidates(obj, study.get_trials(deepcopy=False))  # those of the study the history lacks (another run)
 
     workers = actors.workers
     dedup = _Dedup(None, obj, multi, workers, recipe.max_tries)

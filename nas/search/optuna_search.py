@@ -158,6 +158,32 @@ def values(obj: Objective, c: Candidate, multi: bool) -> float | tuple[float, fl
     return (c.objective, float(m)) if multi else c.objective
 
 
+def open_study(storage: str, recipe: SearchRecipe, study_name: str, directions: list[str],
+               sampler: Any = None) -> tuple[Any, Any]:
+    """The study ``study_name`` in ``storage`` (created, or loaded when it exists) and the opened storage; a stored
+    study with other objectives is refused."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(storage, recipe)
+    study = optuna.create_study(storage=st, sampler=sampler, study_name=study_name, directions=directions,
+                                load_if_exists=True)
+    if study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
+        raise NasError(f"study {study_name!r} in {storage} has other objectives; use another --storage")
+    return study, st
+
+
+def remember_candidates(obj: Objective, trials: list[Any]) -> int:
+    """Cache in ``obj`` the candidate every evaluated trial carries (``user_attrs['candidate']``); how many."""
+    n = 0
+    for t in trials:
+        js = t.user_attrs.get("candidate")
+        if js is not None:
+            obj.remember(Candidate.from_json(js))
+            n += 1
+    return n
+
+
 class _Study:
     """The study plus the cross-worker cache and claim protocol (see the module docstring)."""
 
@@ -165,14 +191,9 @@ class _Study:
                  multi: bool) -> None:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.obj, self.multi = optuna, obj, multi
-        st = open_storage(storage, recipe)
         sampler, directions = make_sampler(recipe, seed, multi)
-        self.study = optuna.create_study(storage=st, sampler=sampler, study_name=study_name,
-                                         directions=directions, load_if_exists=True)
-        if self.study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
-            raise NasError(f"study {study_name!r} in {storage} has other objectives; use another --storage")
+        self.study, _ = open_study(storage, recipe, study_name, directions, sampler)
         self.refresh()
 
     # --- shared state --------------------------------------------------------------------------------
@@ -181,13 +202,7 @@ class _Study:
 
     def refresh(self, trials: list[Any] | None = None) -> int:
         """Cache every candidate stored in the study; returns how many distinct archs were evaluated."""
-        n = 0
-        for t in trials if trials is not None else self.trials():
-            js = t.user_attrs.get("candidate")
-            if js is not None:
-                self.obj.remember(Candidate.from_json(js))
-                n += 1
-        return n
+        return remember_candidates(self.obj, trials if trials is not None else self.trials())
 
     def evaluated(self) -> int:
         return len({t.user_attrs["arch_hash"] for t in self.trials() if "candidate" in t.user_attrs})
