@@ -55,6 +55,14 @@ from nas.space import SearchSpace
 KILL_HOOK = "NAS_TEST_KILL_ACTOR"
 
 
+def check_workers(num_workers: int | None, max_retries: int) -> None:
+    """``--num-workers`` (None: the default) and ``--max-retries`` as the actors take them."""
+    if num_workers is not None and num_workers < 1:
+        raise NasError(f"--num-workers must be >= 1, got {num_workers}")
+    if max_retries < 0:
+        raise NasError(f"--max-retries must be >= 0, got {max_retries}")
+
+
 class EvalActor:
     """A Ray actor (``ray.remote(EvalActor)``): the supernet of ``space`` with ``weights``, scoring archs on the
     splits of ``data`` (split name -> ``Preloaded`` tensors, or the ``DataSplits`` to stream from)."""
@@ -112,10 +120,7 @@ class ActorEvaluators:
         gpus = int(resources.get("GPU", 0))
         if num_workers is None:
             num_workers = gpus or max(1, int(resources.get("CPU", 1)))
-        if num_workers < 1:
-            raise NasError(f"--num-workers must be >= 1, got {num_workers}")
-        if max_retries < 0:
-            raise NasError(f"--max-retries must be >= 0, got {max_retries}")
+        check_workers(num_workers, max_retries)
         weights = ray.put({k: v.detach().cpu() for k, v in supernet.state_dict().items()})
         data = ray.put({name: ev.preload() or ev.splits for name, ev in splits.items()})
         space = ray.put(supernet.space)

@@ -156,10 +156,8 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         check_address(ray_address)
         if evaluator is not None:
             raise NasError("an injected evaluator runs in this process; it cannot be combined with --ray-address")
-        if num_workers is not None and num_workers < 1:
-            raise NasError(f"--num-workers must be >= 1, got {num_workers}")
-        if max_retries < 0:
-            raise NasError(f"--max-retries must be >= 0, got {max_retries}")
+        from nas.distributed.evaluation import check_workers
+        check_workers(num_workers, max_retries)
     p = _plan(str(space), flops, params, budget_on, searcher, max_evals, top, data, recipe, search_recipe, supernet,
               storage, seed, evaluator is not None)
     target, srec, bud = p.target, p.srec, p.budget
