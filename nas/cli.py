@@ -168,15 +168,21 @@ def _recipe(args: argparse.Namespace, job: str) -> str | None:
     return None if path is None else str(path)
 
 
+def _needs_ray_address(flags: dict[str, Any], without: str) -> None:
+    """Refuse Ray's companion flags (``flags``: name -> value, None when not given) on a command without
+    ``--ray-address``; ``without`` says what happens then."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray-address (local, auto "
+                         f"or HOST:PORT): without it {without}")
+
+
 def _ray_train(args: argparse.Namespace) -> Any:
     """``--ray-address`` and its companions as a ``nas.distributed.train.RayTrain``; None without an address (then
     nothing imports ray)."""
     if args.ray_address is None:
-        given = [flag for flag, value in (("--num-workers", args.num_workers), ("--use-gpu", args.use_gpu or None),
-                                          ("--max-failures", args.max_failures)) if value is not None]
-        if given:
-            raise UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray-address (local, auto "
-                             f"or HOST:PORT): without it training runs in this process")
+        _needs_ray_address({"--num-workers": args.num_workers, "--use-gpu": args.use_gpu or None,
+                            "--max-failures": args.max_failures}, "training runs in this process")
         return None
     from nas.distributed.cluster import check_address
     from nas.distributed.train import RayTrain
@@ -245,11 +251,8 @@ def cmd_rank_check(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from nas.search.runner import search, table
     if args.ray_address is None:
-        given = [flag for flag, value in (("--num-workers", args.num_workers), ("--max-retries", args.max_retries))
-                 if value is not None]
-        if given:
-            raise UsageError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray-address (local, auto "
-                             f"or HOST:PORT): without it candidates are evaluated in this process")
+        _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries},
+                           "candidates are evaluated in this process")
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
