@@ -68,3 +68,16 @@ stages:
     mlp_ratio: {{choice: [1.5, 2]}}
     cells: [{{choice: [basic, identity]}}, basic]
 """
+
+
+EVAL_RECIPE = """\
+seed: 0
+epochs: 1
+batch_size: 24
+optimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}
+label_smoothing: 0.0
+data: {holdout: 0.25}
+device: cpu
+"""
+"""A one-epoch CPU supernet recipe holding out a quarter of the training images as the search split: the
+evaluation, rank-check and search-on-Ray tests'."""

@@ -17,6 +17,7 @@ from nas.search.history import Candidate, best, read_history
 from nas.space import load_arch, load_space
 from nas.train import train_supernet
 from tests.distributed.conftest import head_env
+from tests.helpers import EVAL_RECIPE
 
 # PS-ViT's progressive tokenizer has BatchNorm in its stem: the recalibration batches travel to the actors too
 SPACE = """\
@@ -33,15 +34,7 @@ stages:
     cells: [{choice: [basic, identity]}, {choice: [basic, shared_pair]}]
 """
 """2 x 2 x 2 x 2 x 2 x 2 = 64 archs."""
-RECIPE = """\
-seed: 0
-epochs: 1
-batch_size: 24
-optimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}
-label_smoothing: 0.0
-data: {holdout: 0.25}
-device: cpu
-"""
+RECIPE = EVAL_RECIPE
 DATA = "synthetic:160:5"
 EVOLUTION = """\
 searcher: evolution

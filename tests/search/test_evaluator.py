@@ -22,7 +22,7 @@ from nas.space.proxy import check_proxy, to_proxy
 from nas.supernet import Supernet, recalibrate_bn
 from nas.train import train_supernet
 from nas.train.rundir import load_supernet_run
-from tests.helpers import tiny_space
+from tests.helpers import EVAL_RECIPE, tiny_space
 
 DATA = "synthetic:200:5"  # 16x16 RGB, 5 classes: val 40, search 40 (holdout 0.25), train 120
 STATIC = tiny_space(5)
@@ -52,15 +52,7 @@ stages:
     mlp_ratio: 2
     cells: [basic, {choice: [basic, identity]}, basic]
 """
-RECIPE = """\
-seed: 0
-epochs: 1
-batch_size: 24
-optimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}
-label_smoothing: 0.0
-data: {holdout: 0.25}
-device: cpu
-"""
+RECIPE = EVAL_RECIPE
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,6 +14,7 @@ from nas.errors import NasError
 from nas.search.rank_check import band_archs, correlation, noise_ceiling, rank_check, statistics
 from nas.space import load_space
 from nas.train import train_supernet
+from tests.helpers import EVAL_RECIPE
 
 DATA = "synthetic:120:3"
 SPACE = """\
@@ -28,15 +29,7 @@ stages:
     mlp_ratio: {choice: [1, 2]}
     cells: {repeat: 2, choice: [basic, identity]}
 """
-RECIPE = """\
-seed: 0
-epochs: 1
-batch_size: 24
-optimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}
-label_smoothing: 0.0
-data: {holdout: 0.25}
-device: cpu
-"""
+RECIPE = EVAL_RECIPE
 
 
 def test_tau_and_rho_without_ties():
