@@ -236,15 +236,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def cmd_rank_check(args: argparse.Namespace) -> None:
-    from nas.search.rank_check import rank_check
+    from nas.search.rank_check import rank_check, report
     r = rank_check(args.supernet_run, args.n, out=args.out, recipe=args.recipe, seed=args.seed, seeds=args.seeds,
                    band=args.band, workers=args.workers)
-    for key, what in (("top1", "inherited vs standalone"), ("loss", "inherited vs standalone"),
-                      ("vs_mean_top1", "inherited vs standalone mean"), ("vs_mean_loss", "inherited vs standalone mean"),
-                      ("noise_top1", "standalone seed vs seed (noise ceiling)"),
-                      ("noise_loss", "standalone seed vs seed (noise ceiling)"), ("macs_loss", "MACs alone vs standalone")):
-        if key in r:
-            print(f"{key}: Kendall tau {r[key]['tau']:.3f}  Spearman rho {r[key]['rho']:.3f}  ({what}, n={r['n']})")
+    print(report(r))
     print(f"{r['csv']}\n{r['png']}")
 
 
@@ -308,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-supernet", help="train a weight-sharing SPOS supernet over a space (resumable)")
     t.add_argument("space", type=path_arg)
-    t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]] or an "
-                   "ImageFolder root with train/ and val/")
+    t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]], "
+                   "fashion-mnist, idx:DIR (MNIST-style IDX files) or an ImageFolder root with train/ and val/")
     t.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: the CPU recipe on --data builtin, "
                    "else the PSViT supernet recipe, recipes/spos_supernet.yaml)")
     t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
@@ -330,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("retrain", help="train an exported arch from scratch or its inherited weights (resumable)")
     r.add_argument("arch", type=path_arg, help="arch file (e.g. a search's best.yaml)")
-    r.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]] or an ImageFolder root")
+    r.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]], fashion-mnist, idx:DIR "
+                   "or an ImageFolder root")
     r.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: recipes/retrain_cpu.yaml on "
                    "--data builtin, else recipes/retrain_deit.yaml)")
     r.add_argument("--out", type=path_arg, help="run directory (default runs/<arch name or hash>-retrain); re-running resumes")
@@ -341,13 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_retrain)
 
     rk = sub.add_parser("rank-check", help="does the supernet rank subnets as training them alone does? "
-                        "(Kendall tau, Spearman rho; resumable)")
+                        "(reliability ICC, Kendall tau and Spearman rho with CIs, MACs and params baselines; resumable)")
     rk.add_argument("supernet_run", type=path_arg, help="a trained supernet run directory")
     rk.add_argument("-n", type=int, default=12, help="archs spread over the MACs range (default 12)")
     rk.add_argument("--recipe", type=path_arg, help="standalone training recipe (default: the supernet's own)")
     rk.add_argument("--seed", type=int, default=0, help="seed of the arch sampling")
-    rk.add_argument("--seeds", type=int, default=1, help="train each arch alone this many times (recipe seed, "
-                    "seed+1, ...); 2 or more also reports the noise ceiling, standalone seed vs seed (default 1)")
+    rk.add_argument("--seeds", type=int, default=3, help="train each arch alone this many times (recipe seed, "
+                    "seed+1, ...); 2 or more also reports the reliability of standalone training, ICC(1) with its "
+                    "CI and F-test, and compares with the seed mean (default 3)")
     rk.add_argument("--band", help="draw the archs inside one MACs band LO:HI of the space as written (e.g. "
                     "1.0G:1.3G), so that size alone cannot explain the ranking (default: the whole MACs range)")
     rk.add_argument("--workers", type=int, default=1, help="standalone trainings at once, one process each "
@@ -367,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the search recipe's (evolution)")
     se.add_argument("--max-evals", type=int, help="evaluations at most (default: the search recipe's, 1000)")
     se.add_argument("--top", type=int, default=0, help="export the K next-best archs too, into <out>/top/")
-    se.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]] or an ImageFolder root")
+    se.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]], fashion-mnist, idx:DIR "
+                    "or an ImageFolder root")
     se.add_argument("--recipe", help="supernet training recipe (default: the CPU recipe for the built-in data)")
     se.add_argument("--search-recipe", help="search recipe YAML (default: recipes/search_<searcher>.yaml values)")
     se.add_argument("--supernet", help="a trained supernet run directory to search instead of training one")

@@ -15,6 +15,16 @@ Specs:
 - ``synthetic[:N[:C]]``: N (default 1,000, at most ``nas.limits.MAX_SYNTHETIC``) tiny 16x16 RGB images in C (default 10) balanced classes; each class
   is a smooth random prototype plus pixel noise, so a model can learn it (tests). Split like ``builtin``.
   The images, not only the split, are a function of ``seed``.
+- ``fashion-mnist``: Zalando's Fashion-MNIST, 70,000 28x28 grayscale images of 10 clothing classes, read from its
+  four IDX files in ``$NAS_DATA/fashion-mnist`` when the variable is set and that folder holds them, else in
+  ``/usr/share/datasets/fashion-mnist`` (Debian's package ``dataset-fashion-mnist``). Its official split is kept:
+  ``val`` is the 10,000 test images; ``holdout`` of each class of the 60,000 training images becomes ``search``
+  (0.1 -> 6,000), the remaining 54,000 are ``train``. Images go through the same conversion as ``builtin``.
+- ``idx:DIR``: the folder DIR holding the four IDX files of any MNIST-style set (MNIST, Fashion-MNIST, KMNIST,
+  EMNIST): ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
+  ``t10k-labels-idx1-ubyte``, each plain or gzip-compressed (the name plus ``.gz``). Split like ``fashion-mnist``;
+  the classes are the label numbers. A file's header is checked before its pixels are read: at most
+  ``nas.limits.MAX_IDX_ITEMS`` images and ``MAX_IDX_BYTES`` bytes of pixels.
 - any other string is a path to an ImageFolder root with ``train/<class>/*`` and ``val/<class>/*`` (the
   ImageNet layout). ``val/`` must hold the same class folders as ``train/``. ``search`` is carved from
   ``train/``. ``train`` uses timm's training transform (random resized crop, flip, colour jitter);
@@ -39,6 +49,18 @@ Decisions where the papers are silent:
   replication, 3 -> 1 by ITU-R 601 luma as PIL's "L"), bilinear resize to ``img_size`` (antialiased when
   shrinking), normalisation with ImageNet mean/std for 3 channels and MNIST mean/std for 1 channel (also for
   ImageFolder data read as grayscale). No augmentation for in-memory sets.
+- IDX sets have ``max(training label) + 1`` classes named by their numbers ("0", "1", ...): a number no training
+  image has stays an unused class, so EMNIST Letters (labels 1..26) keeps its numbering; a test label above the
+  largest training label is an error. Fashion-MNIST labels must be 0..9.
+- IDX files are read strictly: the exact magic number (0x00000803 for images, 0x00000801 for labels), exactly the
+  bytes the header announces (nothing missing, nothing after), one label per image, and the same image size in the
+  training and test files. A file is gzip-compressed when its first two bytes say so (1f 8b), whatever its name (a
+  ``.gz`` that a browser already unpacked still reads); when both ``NAME`` and ``NAME.gz`` exist, ``NAME`` is read.
+- The pool of an IDX set is the training images followed by the test images: split members are positions in it
+  (test image j is position 60,000 + j for Fashion-MNIST). The record's ``root`` names the folder read; the
+  digests cover the members, not the file contents, so the same set in another folder gives the same digests.
+- A ``$NAS_DATA/fashion-mnist`` that lacks one of the files is passed over for the Debian folder (the same data);
+  the record's ``root`` says which folder was read.
 - ``split_record()`` lists the members of ``search`` always, of ``val`` when it was carved or limited, and of
   ``train`` when limited (``None`` means "all the rest of the source part"), plus a sha256 digest of every
   split's members so a run directory can check a split cheaply.
@@ -53,18 +75,24 @@ from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import hashlib
+import math
+import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nas.arch import CHANNELS
 from nas.errors import NasError
-from nas.limits import MAX_SYNTHETIC
+from nas.limits import MAX_IDX_BYTES, MAX_IDX_ITEMS, MAX_SYNTHETIC
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's IMAGENET_DEFAULT_*
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -73,7 +101,8 @@ VAL_FRACTION = 0.2  # carved val part of in-memory sets without an official val 
 SYNTHETIC_N, SYNTHETIC_CLASSES, SYNTHETIC_SIZE = 1000, 10, 16
 SPLITS = ("train", "search", "val")
 SCAN_MAX = 10_000  # ImageFolder splits up to this many files are decoded once at load time (fail fast)
-_EXPECTED = "expected 'builtin', 'mnist', 'synthetic[:N[:C]]' or an ImageFolder root with train/ and val/"
+_EXPECTED = ("expected 'builtin', 'mnist', 'synthetic[:N[:C]]', 'fashion-mnist', 'idx:DIR' or an ImageFolder root "
+             "with train/ and val/")
 
 
 def norm_stats(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -267,6 +296,184 @@ def _parse_synthetic(spec: str) -> tuple[int, int]:
     return n, c
 
 
+def _folder_problem(path: Path) -> str:
+    """Why ``path`` is not a folder ('' when it is), also when the OS refuses the name itself (too long, ...)."""
+    try:
+        if path.is_dir():
+            return ""
+        return "not a folder" if path.exists() else "no such folder"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+# IDX files: the format of MNIST, Fashion-MNIST, KMNIST and EMNIST (http://yann.lecun.com/exdb/mnist/).
+# A big-endian header (magic number 0x0000TTDD: type TT = 08 for unsigned bytes, DD dimensions; then one uint32
+# per dimension), then the values in C order.
+
+IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes: (N, rows, cols) images, (N,) labels
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist installs the .gz files
+_READ_CHUNK = 1 << 24  # a file is read in 16 MiB chunks: memory follows what it holds, not what its header claims
+
+
+def _read_upto(f: Any, n: int) -> bytes:
+    """At most ``n`` bytes of ``f``, fewer only at its end."""
+    chunks: list[bytes] = []
+    while n > 0:
+        chunk = f.read(min(n, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _idx_kind(magic: int) -> str:
+    return "images" if magic == IDX_IMAGES else "labels"
+
+
+def _idx_body(path: Path, f: Any, magic: int) -> np.ndarray:
+    """The values of the open IDX file ``f`` after checking its header against ``magic`` and the limits."""
+    ndim, kind = magic & 0xFF, _idx_kind(magic)
+    head = _read_upto(f, 4)
+    found = int.from_bytes(head, "big") if len(head) == 4 else None
+    if found != magic:
+        got = "it is shorter than a magic number" if found is None else f"its magic number is 0x{found:08X}"
+        hint = (" (an IDX labels file: are the files swapped?)" if found == IDX_LABELS else
+                " (an IDX images file: are the files swapped?)" if found == IDX_IMAGES else "")
+        raise NasError(f"not an IDX {kind} file: {got}{hint}, expected 0x{magic:08X} (unsigned bytes, {ndim} "
+                       f"dimension{'s' if ndim > 1 else ''}); use the files of an MNIST-style set", file=str(path))
+    head = _read_upto(f, 4 * ndim)
+    if len(head) < 4 * ndim:
+        raise NasError(f"truncated IDX header: {len(head)} of its {4 * ndim} bytes of dimensions; download the file "
+                       f"again", file=str(path))
+    dims = struct.unpack(f">{ndim}I", head)
+    shape = f"{dims[0]:,} {kind}" + (f" of {dims[1]}x{dims[2]}" if ndim == 3 else "")
+    size = math.prod(dims)
+    if size == 0:
+        raise NasError(f"its header announces {shape}: nothing to read; an IDX file of a data set holds at least "
+                       f"one item", file=str(path))
+    if dims[0] > MAX_IDX_ITEMS or (ndim == 3 and size > MAX_IDX_BYTES):
+        raise NasError(f"its header announces {shape} ({size:,} bytes); allowed: at most {MAX_IDX_ITEMS:,} "
+                       f"{kind} and {MAX_IDX_BYTES:,} bytes of pixels (nas.limits); a corrupt header, or not an "
+                       f"MNIST-style set", file=str(path))
+    body = _read_upto(f, size + 1)  # one byte more: a longer file is as wrong as a shorter one
+    if len(body) != size:
+        what = (f"only {len(body):,} of them are there (truncated)" if len(body) < size else
+                "more bytes follow them (not the file its header describes)")
+        raise NasError(f"its header announces {shape} ({size:,} bytes) but {what}; download the file again",
+                       file=str(path))
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def read_idx(path: str | os.PathLike, magic: int) -> np.ndarray:
+    """The uint8 array of an IDX file: ``IDX_IMAGES`` (N, rows, cols) or ``IDX_LABELS`` (N,); gzip-compressed or
+    not (its first bytes tell). A malformed, truncated or unreadable file is a one-line NasError naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as raw:
+            packed = raw.read(2) == b"\x1f\x8b"  # gzip's magic bytes
+            raw.seek(0)
+            if not packed:
+                return _idx_body(path, raw, magic)
+            with gzip.GzipFile(fileobj=raw) as f:
+                return _idx_body(path, f, magic)
+    except EOFError:
+        raise NasError("the gzip stream ends early (truncated); download the file again", file=str(path)) from None
+    except (OSError, zlib.error) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise NasError(f"cannot read this IDX file ({reason}); download it again", file=str(path)) from None
+
+
+def _idx_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The four IDX files of ``folder`` (NAME before NAME.gz) and the names of those it lacks."""
+    found, missing = [], []
+    for name in IDX_FILES:
+        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+        if path:
+            found.append(path)
+        else:
+            missing.append(name)
+    return found, missing
+
+
+def _idx_missing(folder: Path) -> str:
+    """Why ``folder`` cannot be read as an IDX set ('' when it can)."""
+    problem = _folder_problem(folder)
+    if problem:
+        return f"{folder} ({problem})"
+    missing = _idx_files(folder)[1]
+    return f"{folder} (missing {', '.join(f'{n}[.gz]' for n in missing)})" if missing else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _idx_arrays(files: tuple[str, ...], stamp: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The pool (training then test images, uint8 (N, 1, rows, cols)), its labels and the number of training images.
+    ``stamp`` (size and mtime of each file) is part of the cache key: a file replaced on disk is read again."""
+    train_x, train_y, val_x, val_y = (read_idx(f, IDX_LABELS if i % 2 else IDX_IMAGES) for i, f in enumerate(files))
+    for x, y, x_file, y_file in ((train_x, train_y, *files[:2]), (val_x, val_y, *files[2:])):
+        if len(x) != len(y):
+            raise NasError(f"{len(x):,} images but {Path(y_file).name} has {len(y):,} labels; the two files must "
+                           f"come from the same set", file=x_file)
+    if val_x.shape[1:] != train_x.shape[1:]:
+        raise NasError(f"images of {val_x.shape[1]}x{val_x.shape[2]}, those of {Path(files[0]).name} are "
+                       f"{train_x.shape[1]}x{train_x.shape[2]}; the files must come from the same set", file=files[2])
+    images = torch.from_numpy(np.concatenate([train_x, val_x])[:, None])  # a writable copy, still uint8
+    labels = torch.from_numpy(np.concatenate([train_y, val_y]).astype(np.int64))
+    return images, labels, len(train_x)
+
+
+def _idx_pool(folder: Path, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """``_idx_arrays`` of a folder known to hold the four files, and its class count: ``num_classes`` (every label
+    must be below it) or, if None, the largest training label + 1 (every test label must be below it)."""
+    files = tuple(str(p) for p in _idx_files(folder)[0])
+    stamp = tuple((st.st_size, st.st_mtime_ns) for st in map(os.stat, files))
+    images, labels, n_train = _idx_arrays(files, stamp)
+    if num_classes is None:
+        num_classes = int(labels[:n_train].max()) + 1
+        if num_classes < 2:
+            raise NasError("every training label is 0; a classifier needs at least 2 classes", file=files[1])
+    parts = ((labels[:n_train], files[1], ""), (labels[n_train:], files[3], ", those of the training labels"))
+    for part, file, why in parts:
+        bad = (part >= num_classes).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise NasError(f"label {int(part[i])} at position {i:,}; allowed: 0..{num_classes - 1} ({num_classes} "
+                           f"classes{why})", file=file)
+    return images, labels, n_train, num_classes
+
+
+def _fashion_mnist_folder(spec: str) -> Path:
+    """``$NAS_DATA/fashion-mnist`` if set and complete, else Debian's folder; neither: a NasError saying how to
+    get the files."""
+    looked = []
+    nas_data = os.environ.get("NAS_DATA")
+    folders = ([Path(nas_data).expanduser() / "fashion-mnist"] if nas_data else []) + [FASHION_MNIST_DEBIAN]
+    for folder in folders:
+        problem = _idx_missing(folder)
+        if not problem:
+            return folder.resolve()
+        looked.append(problem)
+    unset = "" if nas_data else " ($NAS_DATA is not set)"
+    raise NasError(f"data {spec!r}: Fashion-MNIST not found; looked in {' and '.join(looked)}{unset}; install it "
+                   f"with `apt-get install dataset-fashion-mnist` or put its four IDX files "
+                   f"({', '.join(f'{n}.gz' for n in IDX_FILES)}; gzip-compressed or not) into $NAS_DATA/fashion-mnist")
+
+
+def _idx_folder(spec: str, name: str) -> Path:
+    """The folder of an ``idx:DIR`` spec, holding the four IDX files."""
+    if not name:
+        raise NasError(f"data {spec!r}: expected 'idx:DIR', DIR a folder holding {', '.join(IDX_FILES)} (plain or .gz)")
+    folder = Path(name).expanduser()
+    problem = _idx_missing(folder)
+    if problem:
+        raise NasError(f"data {spec!r}: {problem}; expected the four IDX files {', '.join(IDX_FILES)}, each plain "
+                       f"or gzip-compressed (NAME.gz)")
+    return folder.resolve()
+
+
 def _digest(members: Sequence[Any]) -> str:
     return hashlib.sha256("\n".join(map(str, members)).encode()).hexdigest()
 
@@ -297,18 +504,25 @@ def _apply_limit(pos: list[int], labels: Sequence[int], keys: Sequence[str], lim
 
 
 def _in_memory(kind: str, spec: str, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-               img_size: int, in_chans: int, seed: int, holdout: float,
-               limits: dict[str, int | None]) -> DataSplits:
+               img_size: int, in_chans: int, seed: int, holdout: float, limits: dict[str, int | None],
+               n_train: int | None = None, root: str | None = None) -> DataSplits:
+    """Splits of an in-memory pool. ``n_train``: the pool's first ``n_train`` images are the training part and the
+    others the official val split; None: no official val split, ``VAL_FRACTION`` of each class is carved as val."""
     lab = labels.tolist()
     keys = [str(i) for i in range(len(lab))]
-    pool, val = stratified_split(lab, keys, VAL_FRACTION, 0, "val")  # seed-independent on purpose
+    if n_train is None:
+        pool, val = stratified_split(lab, keys, VAL_FRACTION, 0, "val")  # seed-independent on purpose
+    else:
+        pool, val = list(range(n_train)), list(range(n_train, len(lab)))
     kept, held = stratified_split([lab[p] for p in pool], [keys[p] for p in pool], holdout, seed, "search")
     pos = {"train": [pool[i] for i in kept], "search": [pool[i] for i in held], "val": val}
     pos = {s: _apply_limit(pos[s], lab, keys, limits[s], seed, s) for s in SPLITS}
     ds = {s: TensorImages(images, labels, pos[s], img_size, in_chans, classes) for s in SPLITS}
-    members = {"train": pos["train"] if limits["train"] else None, "search": pos["search"], "val": pos["val"]}
-    record = _record(spec, kind, None, seed, holdout, VAL_FRACTION, limits, img_size, in_chans, classes,
-                     pos, members)
+    carved = n_train is None
+    members = {"train": pos["train"] if limits["train"] else None, "search": pos["search"],
+               "val": pos["val"] if carved or limits["val"] else None}
+    record = _record(spec, kind, root, seed, holdout, VAL_FRACTION if carved else None, limits, img_size, in_chans,
+                     classes, pos, members)
     return DataSplits(ds["train"], ds["search"], ds["val"], len(classes), tuple(classes), record)
 
 
@@ -422,11 +636,17 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
         images, labels = synthetic_pool(n, c, seed)
         return _in_memory("synthetic", spec, images, labels, [f"class{i}" for i in range(c)], img_size,
                           in_chans, seed, holdout, limits)
+    if name.lower() == "fashion-mnist" or name[:4].lower() == "idx:":
+        fashion = name.lower() == "fashion-mnist"
+        folder = _fashion_mnist_folder(spec) if fashion else _idx_folder(spec, name[4:].strip())
+        images, labels, n_train, c = _idx_pool(folder, len(FASHION_MNIST_CLASSES) if fashion else None)
+        classes = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(c)]
+        return _in_memory("fashion-mnist" if fashion else "idx", spec, images, labels, classes, img_size, in_chans,
+                          seed, holdout, limits, n_train=n_train, root=str(folder))
     root = Path(name).expanduser()
-    if not root.exists():
-        raise NasError(f"data {spec!r}: no such folder; {_EXPECTED}")
-    if not root.is_dir():
-        raise NasError(f"data {spec!r}: not a folder; {_EXPECTED}")
+    problem = _folder_problem(root)
+    if problem:
+        raise NasError(f"data {spec!r}: {problem}; {_EXPECTED}")
     return _image_folder(spec, root.resolve(), img_size, in_chans, seed, holdout, limits)
 
 

@@ -39,6 +39,11 @@ MAX_SAMPLES = 10_000
 """``nas space sample -n``."""
 MAX_SYNTHETIC = 100_000
 """Images of ``--data synthetic:N``."""
+MAX_IDX_ITEMS = 1_000_000
+"""Images or labels of one IDX file (``--data fashion-mnist``, ``idx:DIR``); EMNIST ByClass, the largest MNIST-style
+set, has 697,932 training images."""
+MAX_IDX_BYTES = 1 << 30
+"""Pixel bytes of one IDX image file, after decompression (1 GiB; Fashion-MNIST's training file holds 47 MB)."""
 MAX_MACS = 10**13
 """MACs per image of a model that is built (measured or trained)."""
 BYTES_PER_PARAM = 4

@@ -18,8 +18,10 @@ from nas.viz import (
     coarse_fine_regions,
     kept_tokens,
     pareto_front,
+    ranking_column,
     read_history,
     sampling_points,
+    search_plot,
     token_footprints,
 )
 
@@ -195,34 +197,120 @@ def test_cf_regions_of_exited_images_are_empty():
 
 
 # --- search runs ------------------------------------------------------------------------------------------------
-HISTORY = """arch_hash,generation_or_trial,score,loss,macs,params,macs_mean,target_macs,target_params,feasible,seconds,vector
-{h0},0,0.50,1.2,100,10,,1000,100,1,0.1,0-0
-{h1},0,0.70,1.0,200,20,,2000,200,1,0.1,0-1
-{h2},0,0.90,0.8,400,40,,4000,400,0,0.1,1-1
-{h3},1,0.60,1.1,300,30,,3000,300,1,0.1,1-0
-{h4},1,0.80,0.9,250,25,,2500,250,1,0.1,0-2
-{h5},1,0.75,0.9,150,15,,1500,150,1,0.1,2-2
-"""
+COLUMNS = "arch_hash,generation_or_trial,score,loss,objective,macs,params,macs_mean,target_macs,target_params,feasible"
+ROWS = [  # target MACs, top-1, loss, in budget: top-1 and loss disagree, so a picture on top-1 differs
+    (1000, 0.50, 1.20, 1),
+    (2000, 0.70, 1.00, 1),
+    (4000, 0.90, 0.60, 0),   # best on both, but outside the budget
+    (3000, 0.60, 0.85, 1),   # the lowest loss in budget: the winner, though its top-1 is low
+    (2500, 0.80, 0.95, 1),   # the best top-1 in budget: not what the search ranks by
+    (1500, 0.75, 0.90, 1),
+]
+H = [f"{i:016x}" for i in range(len(ROWS))]
+LOSS_FRONT = [H[0], H[5], H[3]]   # (1000, 1.2), (1500, 0.9), (3000, 0.85)
+TOP1_FRONT = [H[0], H[5], H[4]]   # (1000, 0.5), (1500, 0.75), (2500, 0.8)
 
 
-def write_run(run: Path, torn: bool = False) -> None:
+def write_run(run: Path, torn: bool = False, loss: bool = True, winner: str | None = H[3]) -> None:
+    """A search run directory: history.csv (with or without the loss and objective columns), run.json with a
+    budget of 3000 MACs, summary.json naming ``winner`` (none if None)."""
     run.mkdir()
-    text = HISTORY.format(**{f"h{i}": f"{i:016x}" for i in range(6)})
-    (run / "history.csv").write_text(text + ("ffffffffffffffff,2,0.99,0.1,9" if torn else ""))
+    lines = [COLUMNS] + [f"{H[i]},0,{s},{l},{-l},{m // 10},{m // 100},,{m},{m // 10},{f}"
+                         for i, (m, s, l, f) in enumerate(ROWS)]
+    if not loss:
+        lines = [",".join(v for j, v in enumerate(line.split(",")) if j not in (3, 4)) for line in lines]
+    (run / "history.csv").write_text("\n".join(lines) + "\n" + ("ffffffffffffffff,2,0.99,0.1,-0.1,9" if torn else ""))
     (run / "run.json").write_text('{"budget": {"macs": [0, 3000], "params": null, "on": "worst"}}')
+    if winner is not None:
+        (run / "summary.json").write_text(f'{{"best": {{"arch_hash": "{winner}"}}, "budget_text": "MACs <= 3000"}}')
 
 
-def test_search_history_front_and_best_so_far(tmp_path):
+def brute_front(pts: list[tuple[float, float]]) -> set[int]:
+    """Lower is better on both: the points no other point dominates."""
+    return {i for i, (m, v) in enumerate(pts)
+            if not any(m2 <= m and v2 <= v and (m2, v2) != (m, v) for m2, v2 in pts)}
+
+
+def test_pareto_front_is_lower_is_better_on_both():
+    pts = [(1000, 1.2), (2000, 1.0), (3000, 0.85), (2500, 0.95), (1500, 0.9), (1500, 0.95), (900, 2.0)]
+    assert [pts[i] for i in pareto_front(pts)] == [(900, 2.0), (1000, 1.2), (1500, 0.9), (3000, 0.85)]
+    assert pareto_front([(1, 5.0), (2, 5.0), (2, 4.0), (2, 4.0), (3, math.nan), (math.inf, 0.0)]) == [0, 2, 3]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):   # against brute force, with ties on either coordinate and repeated points
+        n = int(torch.randint(1, 30, (1,), generator=gen))
+        pts = [(float(m), float(v)) for m, v in torch.randint(0, 8, (n, 2), generator=gen).tolist()]
+        front = pareto_front(pts)
+        assert set(front) == brute_front(pts)
+        assert [pts[i][0] for i in front] == sorted(pts[i][0] for i in front)       # ascending MACs
+        assert all(pts[a][1] >= pts[b][1] for a, b in zip(front, front[1:]))        # loss falls along it
+
+
+def test_search_plot_ranks_by_loss(tmp_path):
+    """The front is on (MACs, loss), the winner sits on it, and the best-so-far curves follow the lowest loss,
+    with the top-1 of that candidate (which can fall) rather than the best top-1."""
     write_run(tmp_path / "run", torn=True)
     rows = read_history(tmp_path / "run" / "history.csv")
-    assert len(rows) == 6                                                  # the torn last line is dropped
-    assert best_so_far(rows) == [0.5, 0.7, 0.7, 0.7, 0.8, 0.8]            # row 2 is outside the budget
-    pts = [(float(r["target_macs"]), float(r["score"])) for r in rows if r["feasible"] == "1"]
-    front = pareto_front(pts)
-    dominated = {i for i, (m, s) in enumerate(pts)
-                 if any(m2 <= m and s2 >= s and (m2, s2) != (m, s) for m2, s2 in pts)}  # brute force
-    assert sorted(front) == sorted(set(range(len(pts))) - dominated)
-    assert [pts[i] for i in front] == [(1000, 0.5), (1500, 0.75), (2500, 0.8)]
+    assert len(rows) == 6 and ranking_column(rows) == "loss"                # the torn last line is dropped
+    plot = search_plot(tmp_path / "run")
+    assert plot.column == "loss" and plot.lower_is_better
+    assert [p.arch_hash for p in plot.front] == LOSS_FRONT
+    assert [(p.macs, p.value) for p in plot.front] == [(1000, 1.2), (1500, 0.9), (3000, 0.85)]
+    assert plot.from_summary and plot.winner.arch_hash == H[3] and plot.winner in plot.front
+    assert plot.winner == plot.front[-1] and plot.winner.value == min(p.value for p in plot.points if p.feasible)
+    assert best_so_far(rows) == [0, 1, 1, 3, 3, 3]                          # row 2 is outside the budget
+    assert plot.best_value == [1.2, 1.0, 1.0, 0.85, 0.85, 0.85]
+    assert plot.best_score == [0.5, 0.7, 0.7, 0.6, 0.6, 0.6]                # not the best top-1: 0.7, 0.8
+    assert plot.values == [r[2] for r in ROWS] and plot.scores == [r[1] for r in ROWS]
+
+
+def test_search_plot_winner_without_summary_is_the_searchs_choice(tmp_path):
+    write_run(tmp_path / "run", winner=None)
+    plot = search_plot(tmp_path / "run")
+    assert not plot.from_summary and plot.winner.arch_hash == H[3]
+    write_run(tmp_path / "other", winner=H[4])                              # the summary's choice is drawn
+    assert search_plot(tmp_path / "other").winner.arch_hash == H[4]
+
+
+def test_search_plot_without_a_loss_column_falls_back_to_top1(tmp_path):
+    write_run(tmp_path / "run", loss=False, winner=None)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    assert "loss" not in rows[0] and ranking_column(rows) == "score"
+    plot = search_plot(tmp_path / "run")
+    assert plot.column == "score" and not plot.lower_is_better
+    assert [p.arch_hash for p in plot.front] == TOP1_FRONT and plot.winner.arch_hash == H[4]
+    assert best_so_far(rows, "score") == [0, 1, 1, 1, 4, 4]
+    assert plot.best_value == plot.best_score == [0.5, 0.7, 0.7, 0.7, 0.8, 0.8]
+    assert main(["viz", str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 0
+    check_png(tmp_path / "o" / "pareto.png")
+    check_png(tmp_path / "o" / "best_so_far.png")
+
+
+@pytest.mark.parametrize("on", ["worst", "mean"])
+def test_winner_is_on_the_loss_front_of_a_long_run(tmp_path, on):
+    """200 candidates of plausible numbers: the winner (the lowest in-budget loss) ends the front under the
+    budget, and is the last best so far; a mean budget places points by macs_mean."""
+    gen = torch.Generator().manual_seed(1)
+    run = tmp_path / "run"
+    run.mkdir()
+    lines, budget = [COLUMNS], 1.3e9
+    for i in range(200):
+        m, mean = (int(lo + 0.6e9 * float(torch.rand(1, generator=gen))) for lo in (0.9e9, 0.8e9))
+        loss = 0.35 - 0.06 * (m - 0.9e9) / 0.6e9 + 0.02 * float(torch.randn(1, generator=gen))
+        top1 = 0.94 - 0.2 * (loss - 0.26) + 0.003 * float(torch.randn(1, generator=gen))
+        ok = int((mean if on == "mean" else m) <= budget)
+        lines.append(f"{i:016x},{i // 25},{top1!r},{loss!r},{-loss!r},{m},1,{mean if on == 'mean' else ''},{m},1,{ok}")
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    (run / "run.json").write_text(f'{{"budget": {{"macs": [null, {int(budget)}], "on": "{on}"}}}}')
+    plot = search_plot(run)
+    feas = [p for p in plot.points if p.feasible]
+    assert len(plot.points) == 200 and 0 < len(feas) < 200
+    winner = min(feas, key=lambda p: p.value)
+    assert plot.winner == winner == plot.front[-1] and winner.macs <= budget
+    assert set(plot.front) == {feas[i] for i in brute_front([(p.macs, p.value) for p in feas])}
+    assert best_so_far(read_history(run / "history.csv"))[-1] == winner.row
+    assert plot.best_value[-1] == winner.value and plot.best_score[-1] == winner.score
+    want = [float(line.split(",")[7 if on == "mean" else 8]) for line in lines[1:]]
+    assert [p.macs for p in plot.points] == want
 
 
 def test_viz_of_a_search_run(tmp_path, capsys):
@@ -238,12 +326,13 @@ def test_viz_of_a_search_run(tmp_path, capsys):
 
 
 def test_search_history_read_by_column_name(tmp_path):
-    """A history with fewer, reordered columns (no feasible, no target_macs) still plots."""
+    """A history with fewer, reordered columns (no loss, no feasible, no target_macs) still plots."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "history.csv").write_text("score,macs,arch_hash\n0.3,5,a\n0.6,7,b\nnan,9,c\n")
     rows = read_history(run / "history.csv")
-    assert best_so_far(rows)[:2] == [0.3, 0.6] and math.isnan(float(rows[2]["score"]))
+    assert best_so_far(rows, "score") == [0, 1, 1] and math.isnan(float(rows[2]["score"]))
+    assert [p.arch_hash for p in search_plot(run).points] == ["a", "b"]    # nan is no candidate
     assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
     check_png(tmp_path / "o" / "pareto.png")
 

@@ -7,11 +7,14 @@ supernet weights (``nas.search.evaluator.Evaluator``) on the same split the stan
 (``val``), and reports the Kendall tau-b and Spearman rho (``scipy.stats``) between the two rankings, for top-1
 and for the loss. Writes ``out/rank_check.csv``, ``out/rank_check.json`` and ``out/rank_check.png``.
 
-The noise ceiling (``seeds >= 2``): each arch is trained alone ``seeds`` times, with the recipe's seed, seed + 1,
-...; the rank correlation between two standalone seeds (the mean over pairs of seeds) bounds what any supernet
-can reach against one standalone training: when two trainings of the same archs disagree, the task cannot
-rank them either. ``vs_mean`` also compares the inherited scores with the standalone mean over seeds (a less
-noisy reference).
+Several seeds (``seeds``, default 3): each arch is trained alone ``seeds`` times, with the recipe's seed, seed + 1,
+...; ``reliability`` is the ICC(1) of those trainings (``nas.stats.icc1``, with its CI and F-test): whether
+standalone training gives the archs reproducible scores at all. When it does not (p >= 0.01), no ranking of
+them can be measured against standalone training, and the result says so in ``verdict``. The reference every
+ranking is compared with is the mean over the seeds; a predictor that knew each arch's true quality would
+correlate with that mean at about ``sqrt(icc_mean)`` (``bound``, Pearson scale: the classical attenuation
+bound). The baselines every ranking is read against: MACs alone and params alone (more is better), on the same
+archs. Each tau and rho comes with a bootstrap CI over the archs and a permutation p (``nas.stats``).
 
 One MACs band (``band=(lo, hi)``, MACs of the space as written, as ``nas search --flops LO:HI`` counts them):
 the n archs are drawn inside it instead of across the whole range (``band_archs``), so that size alone cannot
@@ -31,9 +34,11 @@ Decisions where the papers are silent:
 - Both scores are on the ``val`` split (the split ``nas retrain`` reports), not the ``search`` split, so the
   standalone runs need no code of their own to score.
 - Tied values count as in tau-b and in the average-rank Spearman rho (scipy's defaults).
+- The reliability is measured on the loss and on top-1; the verdict follows the loss, the key ``nas search``
+  ranks by. With one seed the reliability is unknown and the output says so.
 - A further standalone seed changes everything the recipe's seed drives: the initialisation, the data order
   and, with ``data.holdout`` > 0, which training images are held out; the validation images stay the same.
-  So the noise ceiling includes the choice of training images, and is if anything low.
+  So the seed-to-seed spread includes the choice of training images.
 - In a band the archs are uniform draws of the space kept when their MACs fall in it (up to ``BAND_DRAWS``),
   then n of them at evenly spaced ranks of MACs (the narrowest and widest included).
 """
@@ -43,40 +48,13 @@ import csv
 import io
 import json
 import math
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from nas.atomic import atomic_write
 from nas.cost import cost
 from nas.errors import NasError
-
-
-@dataclass(frozen=True)
-class Correlation:
-    """Kendall tau-b and Spearman rho between two paired score lists (NaN when undefined)."""
-    tau: float
-    rho: float
-
-
-def correlation(a: list[float], b: list[float]) -> Correlation:
-    """Kendall tau-b and Spearman rho of the paired values ``a`` and ``b`` (ties handled, scipy's defaults)."""
-    from scipy.stats import kendalltau, spearmanr
-
-    if len(a) != len(b) or len(a) < 2:
-        raise NasError(f"rank correlation: expected two lists of equal length >= 2, got {len(a)} and {len(b)}")
-    with warnings.catch_warnings():  # a constant list (all archs at the same top-1) gives NaN, said in the output
-        warnings.simplefilter("ignore")
-        return Correlation(float(kendalltau(a, b).statistic), float(spearmanr(a, b).statistic))
-
-
-def noise_ceiling(per_seed: list[list[float]]) -> Correlation:
-    """The mean Kendall tau-b and Spearman rho over every pair of seeds of the paired scores ``per_seed[s][i]``
-    (score of arch i trained with seed s): how well one training ranks the archs like another."""
-    if len(per_seed) < 2:
-        raise NasError(f"noise ceiling: expected scores of at least 2 seeds, got {len(per_seed)}")
-    pairs = [correlation(a, b) for i, a in enumerate(per_seed) for b in per_seed[i + 1:]]
-    return Correlation(sum(c.tau for c in pairs) / len(pairs), sum(c.rho for c in pairs) / len(pairs))
+from nas.stats import icc1, rank_correlation
 
 
 BAND_DRAWS = 200_000
@@ -128,11 +106,11 @@ def spread_archs(space, n: int, seed: int) -> list:
 FIELDS = ("index", "arch_hash", "macs", "params", "inherited_top1", "inherited_loss", "standalone_top1",
           "standalone_loss", "run_dir")
 """CSV columns; with ``seeds`` >= 2 also ``standalone_{top1,loss}_s<k>`` per further seed k and ``..._mean``, and
-with a band ``target_macs`` (the MACs the band bounds)."""
+with a band ``target_macs`` and ``target_params`` (the target arch's, the MACs the band bounds)."""
 
 
 def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = None, recipe: str | None = None,
-               seed: int = 0, progress: bool = True, seeds: int = 1, band: str | None = None,
+               seed: int = 0, progress: bool = True, seeds: int = 3, band: str | None = None,
                workers: int = 1) -> dict:
     """Train ``n`` archs alone (``seeds`` times each), score them with inherited weights, and return the
     correlations (and write CSV/JSON/PNG under ``out``; default ``<supernet_run>/../rank-check``). ``band``
@@ -160,7 +138,7 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     out = Path(out) if out is not None else Path(supernet_run).resolve().parent / "rank-check"
     if lo_hi is not None:
         drawn = band_archs(run.target_space(), n, *lo_hi, seed)  # in the space as written, where budgets are
-        archs, target_macs = [run.proxy_arch(a) for a in drawn], [cost(a).macs for a in drawn]
+        archs, target = [run.proxy_arch(a) for a in drawn], [cost(a) for a in drawn]
     else:
         archs = spread_archs(run.space, n, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,14 +169,14 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
                 row[f"standalone_{key}_mean"] = sum(row[f"standalone_{key}{'' if k == 0 else f'_s{k}'}"]
                                                     for k in range(seeds)) / seeds
         if lo_hi is not None:
-            row["target_macs"] = target_macs[i]
+            row["target_macs"], row["target_params"] = target[i].macs, target[i].params
         rows.append(row)
-    result = {"format": "nas-rank-check/2", "supernet_run": str(supernet_run), "n": n, "seed": seed, "seeds": seeds,
+    result = {"format": "nas-rank-check/3", "supernet_run": str(supernet_run), "n": n, "seed": seed, "seeds": seeds,
               "band": None if lo_hi is None else list(lo_hi), "recipe_hash": rc.hash(), **statistics(rows, seeds),
               "csv": str(out / "rank_check.csv"), "png": str(out / "rank_check.png")}
     fields = [*FIELDS, *(f"standalone_{key}_{s}" for s in [*(f"s{k}" for k in range(1, seeds)),
                                                           *(["mean"] if seeds > 1 else [])] for key in ("top1", "loss")),
-              *(["target_macs"] if lo_hi is not None else [])]
+              *(["target_macs", "target_params"] if lo_hi is not None else [])]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fields)
     w.writeheader()
@@ -240,54 +218,132 @@ def _standalone(arch_file: Path, data: str, rc, run_dir: Path, progress: bool, r
 
 
 def statistics(rows: list[dict], seeds: int = 1) -> dict:
-    """The correlations of a rank check from its rows (see ``FIELDS``): ``top1``/``loss`` inherited vs the first
-    standalone seed; ``macs`` MACs alone (more is better) vs the standalone loss and top-1; with ``seeds`` >= 2,
-    ``noise_{top1,loss}`` (``noise_ceiling`` over the seeds) and ``vs_mean_{top1,loss}`` (inherited vs the
-    standalone mean over seeds). Each value is ``{"tau": ..., "rho": ...}``."""
+    """The figures of a rank check from its rows (see ``FIELDS``), for ``key`` in top1 and loss:
+
+    - ``reliability[key]`` (``seeds`` >= 2): ICC(1) of the standalone seeds (``nas.stats.ICC.to_json``), and
+      ``bound[key]``, sqrt of the reliability of the seed mean;
+    - ``inherited[key]``: inherited score vs the reference (the standalone mean over seeds, or seed 0 alone),
+      Kendall tau-b and Spearman rho with CIs and p (``nas.stats.RankCorrelation.to_json``);
+    - ``macs[key]``, ``params[key]``: size alone (more is better) vs the same reference;
+    - ``reference`` says what the reference is; ``verdict`` is one line on whether the archs can be ranked."""
     col = lambda key: [float(r[key]) for r in rows]  # noqa: E731
-    out = {key: vars(correlation(col(f"inherited_{key}"), col(f"standalone_{key}"))) for key in ("top1", "loss")}
-    macs = col("target_macs") if rows and "target_macs" in rows[0] else col("macs")
-    out["macs_loss"] = vars(correlation([-m for m in macs], col("standalone_loss")))
-    out["macs_top1"] = vars(correlation(macs, col("standalone_top1")))
+    band = bool(rows) and "target_macs" in rows[0]
+    size = {"macs": col("target_macs" if band else "macs"), "params": col("target_params" if band else "params")}
+    ref = {key: col(f"standalone_{key}_mean" if seeds > 1 else f"standalone_{key}") for key in ("top1", "loss")}
+    sign = {"top1": 1.0, "loss": -1.0}  # more MACs or params predicts a higher top-1 and a lower loss
+    out: dict = {"reference": f"standalone mean of {seeds} seeds" if seeds > 1 else "standalone seed 0 (one seed)",
+                 "inherited": {}, "macs": {}, "params": {}}
+    for key in ("top1", "loss"):
+        out["inherited"][key] = rank_correlation(col(f"inherited_{key}"), ref[key]).to_json()
+        for what in ("macs", "params"):
+            out[what][key] = rank_correlation([sign[key] * v for v in size[what]], ref[key]).to_json()
     if seeds > 1:
+        out["reliability"], out["bound"] = {}, {}
         for key in ("top1", "loss"):
-            per_seed = [col(f"standalone_{key}{'' if k == 0 else f'_s{k}'}") for k in range(seeds)]
-            out[f"noise_{key}"] = vars(noise_ceiling(per_seed))
-            out[f"vs_mean_{key}"] = vars(correlation(col(f"inherited_{key}"), col(f"standalone_{key}_mean")))
+            per_arch = [[float(r[f"standalone_{key}{'' if k == 0 else f'_s{k}'}"]) for k in range(seeds)]
+                        for r in rows]
+            icc = icc1(per_arch)
+            out["reliability"][key] = icc.to_json()
+            out["bound"][key] = math.sqrt(icc.icc_mean) if icc.icc_mean > 0 else 0.0
+    out["verdict"] = verdict(out, seeds)
     return out
 
 
+def verdict(stats: dict, seeds: int) -> str:
+    """One line: can standalone training rank these archs (by the loss), and does the supernet beat size alone?"""
+    if seeds < 2:
+        return ("one standalone seed: its reliability is unknown, so no tau below can be told from training noise; "
+                "use --seeds 3")
+    r = stats["reliability"]["loss"]
+    icc = f"ICC(1) of the standalone loss {_f(r['icc'])} [{_f(r['icc_ci'][0])}, {_f(r['icc_ci'][1])}], p {_g(r['p'])}"
+    if r["p"] is None or r["p"] >= 0.01:
+        return (f"standalone training cannot rank these archs: {icc}; the seeds of one arch disagree about as much "
+                f"as different archs do, so every tau below is within noise")
+    inh, best_size = stats["inherited"]["loss"]["tau"], max(
+        (stats[w]["loss"]["tau"]["value"] for w in ("macs", "params") if stats[w]["loss"]["tau"]["value"] is not None),
+        default=None)
+    low = inh["ci"][0]
+    if low is not None and best_size is not None and low > best_size:
+        cmp = f"the supernet ranks them better than size alone (tau CI low {low:.2f} > {best_size:.2f})"
+    else:
+        cmp = (f"the supernet's loss tau {_f(inh['value'])} [{_f(inh['ci'][0])}, {_f(inh['ci'][1])}] is not "
+               f"above size alone ({_f(best_size)}) beyond noise")
+    return f"standalone training ranks these archs ({icc}); {cmp}"
+
+
+def _f(v: float | None) -> str:
+    return "nan" if v is None else f"{v:.2f}"
+
+
+def _g(v: float | None) -> str:
+    return "nan" if v is None else (f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def report(result: dict) -> str:
+    """The lines ``nas rank-check`` prints: the reliability first, then every tau with its CI and baselines."""
+    def corr(c: dict) -> str:
+        t, r = c["tau"], c["rho"]
+        return (f"tau {_f(t['value'])} [{_f(t['ci'][0])}, {_f(t['ci'][1])}] p {_g(t['p'])}   "
+                f"rho {_f(r['value'])} [{_f(r['ci'][0])}, {_f(r['ci'][1])}]")
+    band = result.get("band")
+    lines = [f"rank check: {result['n']} archs " + (f"in the band {band[0] / 1e9:.4g}G-{band[1] / 1e9:.4g}G (target MACs)"
+                                                    if band else "spread over the MACs range")
+             + f", each trained alone with {result['seeds']} seed(s); 95% CIs over the archs (bootstrap)",
+             f"  {result['verdict']}"]
+    for key in ("loss", "top1"):
+        lines.append(f"  {key} (val), against the {result['reference']}:")
+        if "reliability" in result:
+            r = result["reliability"][key]
+            lines.append(f"    reliability  ICC(1) {_f(r['icc'])} [{_f(r['icc_ci'][0])}, {_f(r['icc_ci'][1])}], "
+                         f"F({r['df1']}, {r['df2']}) {_f(r['f'])}, p {_g(r['p'])}; seed sd {r['sd_within']:.3g}, "
+                         f"sd of arch means {r['sd_between']:.3g}; a perfect predictor would reach r ~ "
+                         f"{result['bound'][key]:.2f}")
+        for what, label in (("inherited", "supernet   "), ("macs", "MACs alone "), ("params", "params alone")):
+            lines.append(f"    {label} {corr(result[what][key])}")
+    return "\n".join(lines)
+
+
 def _plot(rows: list[dict], result: dict, path: Path) -> None:
-    """Scatter panels, inherited vs standalone, for top-1 and for the loss; with several seeds a third one, the
-    loss of standalone seed 0 vs seed 1 (the noise ceiling)."""
+    """Panels: inherited vs standalone loss and top-1 (the reference: the seed mean), and, with several seeds,
+    every standalone seed's loss per arch (the reliability)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fmt = lambda v: "nan" if math.isnan(v) else f"{v:.2f}"  # noqa: E731
-    noise = result.get("noise_loss")
-    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(16 if noise else 11, 4.8), layout="constrained")
+    seeds = result["seeds"]
+    fig, axes = plt.subplots(1, 3 if seeds > 1 else 2, figsize=(16 if seeds > 1 else 11, 4.8), layout="constrained")
     band = result.get("band")
     fig.suptitle(f"{result['n']} subnets " + (f"in the MACs band {band[0] / 1e9:.3g}G-{band[1] / 1e9:.3g}G (target)"
                                              if band else "spread over the MACs range")
-                 + (f", each trained alone with {result['seeds']} seeds" if result["seeds"] > 1 else ""), fontsize=10)
-    # (x column, y column, x label, y label, title, correlation)
-    panels = [(f"inherited_{k}", f"standalone_{k}", f"inherited {k}", f"standalone {k}",
-               f"{k} (val): inherited vs standalone", result[k]) for k in ("top1", "loss")]
-    if noise:
-        pairs = ", mean over seed pairs" if result["seeds"] > 2 else ""
-        panels.append(("standalone_loss", "standalone_loss_s1", "standalone loss, seed 0", "standalone loss, seed 1",
-                       f"loss (val): two standalone seeds (noise ceiling{pairs})", noise))
+                 + (f", each trained alone with {seeds} seeds" if seeds > 1 else ""), fontsize=10)
     macs_key = "target_macs" if band else "macs"
-    for ax, (xk, yk, xl, yl, title, c) in zip(axes, panels):
-        sc = ax.scatter([r[xk] for r in rows], [r[yk] for r in rows], c=[r[macs_key] for r in rows], cmap="viridis")
-        ax.set(xlabel=xl, ylabel=yl, title=f"{title}\nKendall tau {fmt(c['tau'])}, Spearman rho {fmt(c['rho'])}")
+    ref = "_mean" if seeds > 1 else ""
+    for ax, key in zip(axes, ("loss", "top1")):
+        c = result["inherited"][key]["tau"]
+        m = result["macs"][key]["tau"]
+        sc = ax.scatter([float(r[f"inherited_{key}"]) for r in rows], [float(r[f"standalone_{key}{ref}"]) for r in rows],
+                        c=[float(r[macs_key]) for r in rows], cmap="viridis")
+        ax.set(xlabel=f"inherited {key}", ylabel=f"standalone {key}" + (f" (mean of {seeds} seeds)" if seeds > 1 else ""),
+               title=f"{key} (val): supernet tau {_f(c['value'])} [{_f(c['ci'][0])}, {_f(c['ci'][1])}]\n"
+                     f"MACs alone tau {_f(m['value'])} [{_f(m['ci'][0])}, {_f(m['ci'][1])}]")
         ax.title.set_fontsize(9)
-    fig.colorbar(sc, ax=axes, label=("target " if band else "") + "MACs per image")
+    if seeds > 1:
+        ax = axes[2]
+        order = sorted(range(len(rows)), key=lambda i: float(rows[i]["standalone_loss_mean"]))
+        for x, i in enumerate(order):
+            vals = [float(rows[i][f"standalone_loss{'' if k == 0 else f'_s{k}'}"]) for k in range(seeds)]
+            ax.scatter([x] * seeds, vals, s=14, c="tab:blue", alpha=0.7, lw=0)
+            ax.plot([x - 0.3, x + 0.3], [sum(vals) / seeds] * 2, c="k", lw=1.5)
+        r = result["reliability"]["loss"]
+        ax.set(xlabel="arch (by mean standalone loss)", ylabel="standalone loss, each seed (bar: mean)",
+               title=f"reliability of standalone training: ICC(1) {_f(r['icc'])} [{_f(r['icc_ci'][0])}, "
+                     f"{_f(r['icc_ci'][1])}], p {_g(r['p'])}")
+        ax.title.set_fontsize(9)
+    fig.colorbar(sc, ax=axes[:2], label=("target " if band else "") + "MACs per image")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write(path, buf.getvalue())
 
 
-__all__ = ["rank_check", "correlation", "noise_ceiling", "statistics", "spread_archs", "band_archs", "Correlation"]
+__all__ = ["rank_check", "statistics", "verdict", "report", "spread_archs", "band_archs"]

@@ -15,9 +15,12 @@ Order of work (cheap checks first, so bad input fails in well under a second, be
    beside it, in a thread, the random baseline at the same number of evaluations (``baseline.csv``); with
    ``ray_address`` the evaluations run on Ray actors holding the supernet (``nas.distributed.evaluation``,
    Optuna through Ray Tune: ``nas.distributed.tune``), with the same results, the driver writing every file;
-6. the winner's and the baseline's best top-1 on the validation split;
-7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv, summary.json; the pictures
-   (``nas.viz``): pareto.png, best_so_far.png.
+6. the winner's and the baseline's best top-1 on the validation split, and the paired comparisons of
+   ``nas.search.report``: the winner minus the baseline on the validation images with its CI, and the cheapest
+   candidate whose search loss is within noise of the winner's;
+7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv (the front of search loss
+   against MACs), summary.json; the pictures (``nas.viz``): pareto.png, best_so_far.png, both of the search
+   loss, the key the search ranks by.
 
 Run directory ``<out>/`` (default ``runs/<space>-search-<budget>-<searcher>-s<seed>``)::
 
@@ -56,6 +59,7 @@ from nas.search.history import Candidate, History, best, rank_key
 from nas.search.objective import Evaluate, Objective
 from nas.search.proxy import ProxyMap, check_same_dimensions
 from nas.search.recipe import SearchRecipe, load_search_recipe
+from nas.search.report import summary, table  # noqa: F401 - the job's report; ``table`` is what the CLI prints
 from nas.space import SearchSpace, load_space
 
 RUN_FORMAT = "nas-search-run/1"
@@ -104,6 +108,8 @@ class SearchResult:
     val_score: float | None = None          # winner's top-1 on the validation split
     baseline_val_score: float | None = None
     baseline_evals: int = 0                 # random candidates the baseline scored (as many as the search's)
+    versus_baseline: dict[str, Any] | None = None  # winner - baseline on val, paired (nas.search.report.versus)
+    cheapest: dict[str, Any] | None = None  # the cheapest candidate within noise (report.cheapest_within_noise)
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -239,6 +245,9 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
             result.baseline, result.baseline_evals = result_baseline
             if result.baseline is not None:
                 result.baseline_val_score = float(val(pm.to_proxy(target.decode(result.baseline.vector))).score)
+
+        # the paired comparisons on the images themselves (nas.search.report)
+        _compare(result, pm, bud, evaluate, val, sr, splits if sr is not None else None, srec.batch_size, log)
 
         result.files = [run / "history.csv", *([run / "baseline.csv"] if baseline is not None else []),
                         *_export(result, pm, sr, top, srec, seed, proxy_overrides(p.rc, sr))]
@@ -430,6 +439,33 @@ def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
         budget_params=None if bud.params is None else bud.params[1], score=c.score))
 
 
+def _budget_macs(c: Candidate, bud: Budget) -> int:
+    """The MACs the budget bounds: the measured mean or the worst case."""
+    return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
+
+
+def _compare(r: SearchResult, pm: ProxyMap, bud: Budget, evaluate: Evaluate, val: Evaluate, sr: Any, splits: Any,
+             batch_size: int, log: Callable[[str], None]) -> None:
+    """``r.versus_baseline`` and ``r.cheapest`` from per-image outcomes: the evaluators' own, or (on Ray, whose
+    actors return means only) local evaluators of the same supernet and splits."""
+    from nas.search.report import cheapest_within_noise, versus
+
+    def per_image(ev: Evaluate, split: str) -> Any:
+        if hasattr(ev, "per_image"):
+            return ev.per_image
+        return None if sr is None else make_evaluator(sr.supernet, splits, split, batch_size).per_image
+
+    on_search, on_val = per_image(evaluate, "search"), per_image(val, "val")
+    if on_search is None or on_val is None:
+        r.notes.append("the evaluator gives no per-image outcomes: paired comparisons left out")
+        return
+    arch_of = lambda c: pm.to_proxy(r.space.decode(c.vector))  # noqa: E731
+    if r.baseline is not None:
+        r.versus_baseline = versus(on_val, arch_of(r.best), arch_of(r.baseline))
+    r.cheapest = cheapest_within_noise(on_search, r.best, r.candidates, arch_of, lambda c: _budget_macs(c, bud))
+    log(f"paired comparisons: winner vs baseline {r.versus_baseline}; cheapest within noise {r.cheapest}")
+
+
 def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchRecipe, seed: int,
             overrides: dict[str, Any]) -> list[Path]:
     from nas.export import export_arch, write_pareto_csv
@@ -455,46 +491,16 @@ def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchReci
         pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
         files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header,
                              None if sr is None else sr.supernet, pprov)
-    def budget_macs(c: Candidate) -> int:  # the MACs the budget bounds: the measured mean or the worst case
-        return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
+    def budget_macs(c: Candidate) -> int:
+        return _budget_macs(c, bud)
 
     feas = [c for c in res.candidates if c.feasible]
-    front = [feas[i] for i in pareto_front([(budget_macs(c), c.score) for c in feas])]
+    front = [feas[i] for i in pareto_front([(budget_macs(c), c.loss) for c in feas])]  # lower is better
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
                                     "objective": repr(c.objective), "macs": budget_macs(c),
                                     "params": c.target_params, "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
     return files
-
-
-def summary(r: SearchResult) -> dict[str, Any]:
-    def cand(c: Candidate | None) -> dict[str, Any] | None:
-        return None if c is None else c.to_json()
-    return {"space": r.space.name, "space_hash": r.space.hash, "budget": r.budget.to_dict(),
-            "budget_text": r.budget.describe(), "searcher": r.searcher, "best": cand(r.best),
-            "val_score": r.val_score, "baseline": cand(r.baseline), "baseline_val_score": r.baseline_val_score,
-            "candidates": len(r.candidates), "new_evals": r.new_evals, "seconds": round(r.seconds, 1),
-            "notes": r.notes, "files": [p.name for p in r.files]}
-
-
-def table(r: SearchResult) -> str:
-    """The final table printed by ``nas search``."""
-    def fmt(x: float | None) -> str:
-        return "-" if x is None else f"{x:.4f}"
-    rows = [("", "arch", "target MACs", "params", "search top-1", "val top-1"),
-            (f"winner ({r.searcher})", r.best.arch_hash, human(r.best.target_macs), human(r.best.target_params),
-             fmt(r.best.score), fmt(r.val_score))]
-    if r.baseline is not None:
-        rows.append((f"best of {r.baseline_evals} random", r.baseline.arch_hash, human(r.baseline.target_macs),
-                     human(r.baseline.target_params), fmt(r.baseline.score), fmt(r.baseline_val_score)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"nas search {r.space.name}: {r.budget.describe()}, {r.searcher}; {len(r.candidates)} candidates "
-             f"({r.new_evals} evaluated now), {r.seconds:.0f} s -> {r.run_dir}"]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines += [f"  note: {n}" for n in r.notes]
-    lines.append("  files: " + ", ".join(sorted({p.name if p.parent == r.run_dir else f"{p.parent.name}/"
-                                                for p in r.files})))
-    return "\n".join(lines)
 
 
 class _Log:

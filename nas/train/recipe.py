@@ -470,14 +470,19 @@ BUILTIN_DATA = ("builtin", "mnist")
 
 
 def default_recipe(job: str, data: str) -> Path | None:
-    """The recipe a ``job`` (``supernet`` or ``retrain``) uses on ``data`` when none is given: the CPU recipe on the
-    built-in data, else the paper's (None: ``Recipe()``, the PSViT supernet recipe; ``retrain_deit.yaml``)."""
-    builtin = str(data).strip().lower() in BUILTIN_DATA
+    """The recipe a ``job`` (``supernet`` or ``retrain``) uses on ``data`` when none is given: the CPU recipes on
+    the built-in data and on 28x28 IDX data (``fashion-mnist``, ``idx:DIR``), else the paper's (None:
+    ``Recipe()``, the PSViT supernet recipe; ``retrain_deit.yaml``)."""
+    spec = str(data).strip().lower()
+    builtin = spec in BUILTIN_DATA
+    idx = spec == "fashion-mnist" or spec.startswith("idx:")
     if job == "supernet":
+        if idx:
+            return RECIPES / "cpu_fashion_supernet.yaml"
         if not builtin:
             return None
         cpu = RECIPES / "cpu_supernet.yaml"
         return cpu if cpu.exists() else RECIPES / "demo.yaml"
     if job == "retrain":
-        return RECIPES / ("retrain_cpu.yaml" if builtin else "retrain_deit.yaml")
+        return RECIPES / ("retrain_cpu.yaml" if builtin else "retrain_cpu_fashion.yaml" if idx else "retrain_deit.yaml")
     raise ValueError(f"unknown job {job!r}; allowed: supernet, retrain")

@@ -61,6 +61,18 @@ def test_end_to_end_on_the_target_and_on_a_proxy(tmp_path: Path, capsys):
     assert main(["search", *common, "--recipe", str(write(tmp_path, "r.yaml", RECIPE)), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "winner (evolution)" in printed and "best of 12 random" in printed and "val top-1" in printed
+    assert "winner - best random, val split" in printed and "cheapest within noise of the winner" in printed
+    import json
+    summary = json.loads((out / "summary.json").read_text())
+    v = summary["winner_vs_baseline_val"]
+    # the paired difference of top-1 is the difference of the two val top-1s (computed apart, per arch)
+    assert v["top1"]["difference"] == __import__("pytest").approx(summary["val_score"] - summary["baseline_val_score"])
+    for d in (v["top1"], v["loss"]):
+        assert d["within_noise"] == (d["ci"][0] <= 0 <= d["ci"][1]) and d["ci"][0] <= d["difference"] <= d["ci"][1]
+    cheap = summary["cheapest_within_noise"]
+    if cheap["arch_hash"] is not None:  # cheaper than the winner, no better on the search loss
+        assert cheap["macs"] < summary["best"]["target_macs"] and cheap["loss"] >= summary["best"]["loss"]
+        assert cheap["vs_winner_loss"]["ci"][0] <= 0
     best = load_arch(out / "best.yaml")
     model = build_model(best).eval()
     assert count_macs(model, torch.zeros(1, 3, 16, 16)) == cost(best).macs <= limit  # independent count
