@@ -12,7 +12,8 @@ Four questions, one function each:
 - ``difference(x, y)``: do two sets of independent runs (seeds of two searchers) differ? The difference of
   means with a bootstrap CI (each group resampled on its own) and a permutation p-value.
 
-Every result has ``within_noise`` (its CI covers 0 or the reference) and ``describe()`` (one line for tables).
+Every difference has ``within_noise`` (its CI covers 0, or its p is not below 0.05: both must agree to call a
+difference real) and ``describe()`` (one line for tables).
 
 How to read them (docs/benchmarks.md has worked examples):
 
@@ -217,8 +218,10 @@ class Difference:
 
     @property
     def within_noise(self) -> bool:
-        """The CI covers 0: no evidence of a difference either way."""
-        return self.ci.covers(0.0) or math.isnan(self.ci.low)
+        """No evidence of a difference either way: the CI covers 0, or the test's p is at least 1 - CONFIDENCE.
+        Both must agree before a difference is called real: with a handful of runs per group a percentile
+        bootstrap CI is too narrow (two seeds a side can exclude 0 at p 0.33), and the exact test is not."""
+        return self.ci.covers(0.0) or math.isnan(self.ci.low) or not self.p < 1 - CONFIDENCE
 
     def describe(self, scale: float = 1.0, unit: str = "") -> str:
         """``+0.4 [-1.2, 2.0] points, p 0.62: within noise`` with values times ``scale``."""

@@ -19,7 +19,8 @@ TINY = {"input.size": 32}
 PATCH4 = {**TINY, "tokenizer.patch_size": 4}
 # (space, overrides for a 32x32 input, archs checked). Static spaces: 50 archs each, built on the meta
 # device and materialised uninitialised (values do not matter for a MAC count; it is 3x faster).
-STATIC = [("psvit_tiny", PATCH4, 50), ("psvit_2d_tiny", PATCH4, 50), ("ps_vit", TINY, 20)]
+STATIC = [("psvit_tiny", PATCH4, 50), ("psvit_2d_tiny", PATCH4, 50), ("ps_vit", TINY, 20),
+          ("psvit_fmnist", {"input.channels": 3}, 50)]  # grayscale as written; RGB for the shared input below
 NARROW = {"stages[0].dim": 48}  # DeiT-S width 384 -> 48 (6 heads of 8): same structure, 30x cheaper
 DYNAMIC = [("ats_deit_small", {**PATCH4, **NARROW}, 8), ("combined", TINY, 8),
            ("cf_vit", {**PATCH4, **NARROW, "tokenizer.coarse_grid": 4}, 8)]

@@ -121,9 +121,15 @@ def test_difference_of_independent_groups_exact_permutation():
     d = difference([1, 2, 3], [10, 11, 12])
     assert d.estimate == -9
     assert d.p == pytest.approx(2 / 20)            # C(6, 3) = 20 labelings; only the two extremes are as far apart
-    assert d.ci.high < 0 and not d.within_noise
+    assert d.ci.high < 0 and d.within_noise        # p 0.1: 3 runs a side cannot show a difference at 5%
+    far = difference([1, 2, 3, 4, 5], [10, 11, 12, 13, 14])
+    assert far.p == pytest.approx(2 / 252) and not far.within_noise
     m = difference([1, 2, 3, 100], [1, 2, 3, 4], statistic="median")
     assert m.estimate == 0
+    # two runs a side: the percentile bootstrap CI excludes 0, but only 6 labelings exist and the exact p is
+    # 2/6; that is no evidence, and within_noise says so
+    few = difference([1.0, 1.1], [2.0, 2.1])
+    assert few.ci.high < 0 and few.p == pytest.approx(1 / 3) and few.within_noise
 
 
 def test_bootstrap_band_contains_the_mean_and_narrows_with_runs():

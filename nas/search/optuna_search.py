@@ -1,4 +1,4 @@
-"""Optuna searchers: TPE with the budget as a constraint (``optuna``) and NSGA-II on (score, MACs) (``nsga2``).
+"""Optuna searchers: TPE with the budget as a constraint (``optuna``) and NSGA-II on (objective, MACs) (``nsga2``).
 
 An arch is suggested one dimension at a time: numeric dimensions (widths, ratios, counts) as ordinal integer
 indices (``suggest_int``), the rest (cell kinds, ATS blocks) as categoricals. The budget enters through
