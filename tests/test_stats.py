@@ -138,3 +138,15 @@ def test_bootstrap_band_contains_the_mean_and_narrows_with_runs():
     mean, lo, hi = bootstrap_band(curves, resamples=999)
     assert np.allclose(mean, curves.mean(axis=0))
     assert np.all(lo <= mean) and np.all(mean <= hi)
+
+
+def test_batched_rank_statistics_equal_scipy_with_ties():
+    """The batched Kendall tau-b and Spearman rho behind the bootstrap equal scipy's, ties included."""
+    from nas.stats import _kendall, _spearman
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 4, size=(50, 9)), rng.integers(0, 5, size=(50, 9))  # many ties
+    tau, rho = _kendall(a, b), _spearman(a, b)
+    for i in range(50):
+        want_tau, want_rho = kendalltau(a[i], b[i]).statistic, spearmanr(a[i], b[i]).statistic
+        assert tau[i] == pytest.approx(want_tau, nan_ok=True) and rho[i] == pytest.approx(want_rho, nan_ok=True)
