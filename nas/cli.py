@@ -163,6 +163,8 @@ def _recipe(args: argparse.Namespace, job: str) -> str | None:
     if args.recipe is not None:
         return args.recipe
     path = default_recipe(job, args.data)
+    from nas.data import idx_folder
+    idx_folder(args.data)  # missing IDX files: one error line, before the note below
     if path is not None:
         print(f"nas: recipe {path} (the default for {job} on --data {args.data}; --recipe to change)", file=sys.stderr)
     return None if path is None else str(path)

@@ -474,6 +474,18 @@ def _idx_folder(spec: str, name: str) -> Path:
     return folder.resolve()
 
 
+def idx_folder(spec: str) -> Path | None:
+    """The folder the IDX spec ``spec`` (``fashion-mnist``, ``idx:DIR``) reads, its four files checked to be
+    there (a NasError saying where they were looked for, otherwise); None for any other spec. Cheap: nothing
+    is read, so commands can refuse missing data before they print or write anything."""
+    name = str(spec).strip()
+    if name.lower() == "fashion-mnist":
+        return _fashion_mnist_folder(name)
+    if name[:4].lower() == "idx:":
+        return _idx_folder(name, name[4:].strip())
+    return None
+
+
 def _digest(members: Sequence[Any]) -> str:
     return hashlib.sha256("\n".join(map(str, members)).encode()).hexdigest()
 
@@ -638,7 +650,7 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
                           in_chans, seed, holdout, limits)
     if name.lower() == "fashion-mnist" or name[:4].lower() == "idx:":
         fashion = name.lower() == "fashion-mnist"
-        folder = _fashion_mnist_folder(spec) if fashion else _idx_folder(spec, name[4:].strip())
+        folder = idx_folder(name)
         images, labels, n_train, c = _idx_pool(folder, len(FASHION_MNIST_CLASSES) if fashion else None)
         classes = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(c)]
         return _in_memory("fashion-mnist" if fashion else "idx", spec, images, labels, classes, img_size, in_chans,

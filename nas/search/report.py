@@ -38,7 +38,6 @@ from nas.stats import paired_difference
 
 if TYPE_CHECKING:
     from nas.search.evaluator import PerImage
-    from nas.search.runner import SearchResult
 
 PerImageFn = Callable[[Arch], "PerImage"]
 SKIP_SE = 3.0         # candidates further above the winner's loss than this many paired standard errors are skipped
@@ -84,8 +83,8 @@ def cheapest_within_noise(per_image: PerImageFn, winner: Candidate, candidates: 
     return {"arch_hash": None, "checked": checked, "stopped_at_max_checks": False}
 
 
-def summary(r: "SearchResult") -> dict[str, Any]:
-    """``summary.json``."""
+def summary(r: Any) -> dict[str, Any]:
+    """``summary.json`` of ``r``, a ``nas.search.runner.SearchResult``."""
     def cand(c: Candidate | None) -> dict[str, Any] | None:
         return None if c is None else c.to_json()
     return {"space": r.space.name, "space_hash": r.space.hash, "budget": r.budget.to_dict(),
@@ -102,7 +101,7 @@ def _diff(d: dict[str, Any], scale: float, unit: str, digits: int) -> str:
             f"p {d['p']:.2g}")
 
 
-def comparison_lines(r: "SearchResult") -> list[str]:
+def comparison_lines(r: Any) -> list[str]:
     """The table's lines on the winner against random search's best, and on the cheapest candidate within noise."""
     lines = []
     v = r.versus_baseline
@@ -127,7 +126,7 @@ def comparison_lines(r: "SearchResult") -> list[str]:
     return lines
 
 
-def table(r: "SearchResult") -> str:
+def table(r: Any) -> str:
     """The final table printed by ``nas search``."""
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"

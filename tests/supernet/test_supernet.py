@@ -80,7 +80,7 @@ def _arch(space, **picks):
 def tiny_overrides(path: str) -> dict:
     """Overrides that shrink a shipped space for CPU tests: input 32, patch 4, widths / 4, few sampling points."""
     t = load_space(path).template()
-    tok, ov = t["tokenizer"], {"input.size": 32}
+    tok, ov = t["tokenizer"], {"input.size": 32, "input.channels": 3}  # the test images are RGB
     if tok["type"] in ("patch", "coarse_fine"):
         ov["tokenizer.patch_size"] = 4
     if tok["type"] == "coarse_fine":
