@@ -286,7 +286,8 @@ def report(result: dict) -> str:
         return (f"tau {_f(t['value'])} [{_f(t['ci'][0])}, {_f(t['ci'][1])}] p {_g(t['p'])}   "
                 f"rho {_f(r['value'])} [{_f(r['ci'][0])}, {_f(r['ci'][1])}]")
     band = result.get("band")
-    lines = [f"rank check: {result['n']} archs " + (f"in the band {band[0] / 1e9:.4g}G-{band[1] / 1e9:.4g}G (target MACs)"
+    from nas.search.budget import human
+    lines = [f"rank check: {result['n']} archs " + (f"in the band {human(band[0])}-{human(band[1])} (target MACs)"
                                                     if band else "spread over the MACs range")
              + f", each trained alone with {result['seeds']} seed(s); 95% CIs over the archs (bootstrap)",
              f"  {result['verdict']}"]
@@ -313,7 +314,8 @@ def _plot(rows: list[dict], result: dict, path: Path) -> None:
     seeds = result["seeds"]
     fig, axes = plt.subplots(1, 3 if seeds > 1 else 2, figsize=(16 if seeds > 1 else 11, 4.8), layout="constrained")
     band = result.get("band")
-    fig.suptitle(f"{result['n']} subnets " + (f"in the MACs band {band[0] / 1e9:.3g}G-{band[1] / 1e9:.3g}G (target)"
+    from nas.search.budget import human
+    fig.suptitle(f"{result['n']} subnets " + (f"in the MACs band {human(band[0])}-{human(band[1])} (target)"
                                              if band else "spread over the MACs range")
                  + (f", each trained alone with {seeds} seeds" if seeds > 1 else ""), fontsize=10)
     macs_key = "target_macs" if band else "macs"
