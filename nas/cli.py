@@ -162,9 +162,9 @@ def _recipe(args: argparse.Namespace, job: str) -> str | None:
     from nas.train.recipe import default_recipe
     if args.recipe is not None:
         return args.recipe
+    from nas.data import check_spec
+    check_spec(args.data)  # missing data: one error line, before the note below
     path = default_recipe(job, args.data)
-    from nas.data import idx_folder
-    idx_folder(args.data)  # missing IDX files: one error line, before the note below
     if path is not None:
         print(f"nas: recipe {path} (the default for {job} on --data {args.data}; --recipe to change)", file=sys.stderr)
     return None if path is None else str(path)

@@ -474,6 +474,33 @@ def _idx_folder(spec: str, name: str) -> Path:
     return folder.resolve()
 
 
+def check_spec(spec: Any) -> None:
+    """The checks of ``load_data`` that read nothing: the spec's form, and that the files or folder it names are
+    there (a NasError saying what is missing and where it was looked for). Commands run it first, so missing
+    data is refused in one line before they print or write anything."""
+    if not isinstance(spec, (str, Path)):
+        raise NasError(f"data: expected a string, got {spec!r}; {_EXPECTED}")
+    name = str(spec).strip()
+    if "\0" in name:
+        raise NasError(f"data {str(spec).replace(chr(0), '?')!r}: a path cannot contain a NUL byte; {_EXPECTED}")
+    low = name.lower()
+    if low in ("builtin", "mnist"):
+        return
+    if low == "synthetic" or low.startswith("synthetic:"):
+        _parse_synthetic(name)
+    elif idx_folder(name) is None:
+        _image_root(str(spec), name)
+
+
+def _image_root(spec: str, name: str) -> Path:
+    """The ImageFolder root ``name`` of ``spec``, resolved; a NasError when it is not a readable folder."""
+    root = Path(name).expanduser()
+    problem = _folder_problem(root)
+    if problem:
+        raise NasError(f"data {spec!r}: {problem}; {_EXPECTED}")
+    return root.resolve()
+
+
 def idx_folder(spec: str) -> Path | None:
     """The folder the IDX spec ``spec`` (``fashion-mnist``, ``idx:DIR``) reads, its four files checked to be
     there (a NasError saying where they were looked for, otherwise); None for any other spec. Cheap: nothing
@@ -632,11 +659,8 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
         raise NasError(f"seed: expected an integer, got {seed!r}")
     if not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise NasError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
-    if not isinstance(spec, (str, Path)):
-        raise NasError(f"data: expected a string, got {spec!r}; {_EXPECTED}")
+    check_spec(spec)
     spec = str(spec)
-    if "\0" in spec:
-        raise NasError(f"data {spec.replace(chr(0), '?')!r}: a path cannot contain a NUL byte; {_EXPECTED}")
     holdout, limits = float(holdout), _limits(limit)
     name = spec.strip()
     if name.lower() in ("builtin", "mnist"):
@@ -655,11 +679,7 @@ def load_data(spec: str, img_size: int, in_chans: int, seed: int = 0,
         classes = FASHION_MNIST_CLASSES if fashion else [str(i) for i in range(c)]
         return _in_memory("fashion-mnist" if fashion else "idx", spec, images, labels, classes, img_size, in_chans,
                           seed, holdout, limits, n_train=n_train, root=str(folder))
-    root = Path(name).expanduser()
-    problem = _folder_problem(root)
-    if problem:
-        raise NasError(f"data {spec!r}: {problem}; {_EXPECTED}")
-    return _image_folder(spec, root.resolve(), img_size, in_chans, seed, holdout, limits)
+    return _image_folder(spec, _image_root(spec, name), img_size, in_chans, seed, holdout, limits)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -263,3 +263,13 @@ def test_cli_missing_idx_folder_is_one_line_exit_2(command, tmp_path, capsys):
     assert code == 2 and err.startswith("nas: error: ") and err.count("\n") == 1, err
     assert "/nonexistent (no such folder)" in err and TRAIN_X in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_image_folder_is_one_line_before_the_default_recipe_note(tmp_path, capsys):
+    """The default-recipe note is printed only once the data is known to be there (ImageFolder as IDX)."""
+    arch = Path(__file__).resolve().parents[1] / "spaces" / "reference" / "deit_small.yaml"
+    capsys.readouterr()
+    code = main(["retrain", str(arch), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("nas: error: ") and err.count("\n") == 1, err
+    assert "no such folder" in err and not (tmp_path / "run").exists()

@@ -491,13 +491,10 @@ def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchReci
         pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
         files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header,
                              None if sr is None else sr.supernet, pprov)
-    def budget_macs(c: Candidate) -> int:
-        return _budget_macs(c, bud)
-
     feas = [c for c in res.candidates if c.feasible]
-    front = [feas[i] for i in pareto_front([(budget_macs(c), c.loss) for c in feas])]  # lower is better
+    front = [feas[i] for i in pareto_front([(_budget_macs(c, bud), c.loss) for c in feas])]  # lower is better
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
-                                    "objective": repr(c.objective), "macs": budget_macs(c),
+                                    "objective": repr(c.objective), "macs": _budget_macs(c, bud),
                                     "params": c.target_params, "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
     return files
