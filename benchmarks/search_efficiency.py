@@ -221,14 +221,14 @@ def run_one(searcher: str, seed: int, max_evals: int, flops: str, out: str) -> d
     bud = Budget.resolve(flops, None, pm.target.budget, "worst")
     srec = load_search_recipe(None, searcher).with_max_evals(max_evals)
     if searcher == "evolution":  # the SPOS settings, as many generations as the evaluations need
-        srec = replace(srec, evolution=replace(srec.evolution, generations=math.ceil(
-            max_evals / srec.evolution.population)))
+        srec = replace(srec, settings=replace(srec.settings, generations=math.ceil(
+            max_evals / srec.settings.population)))
     history = History(d / "history.csv")
     obj = Objective(pm, bud, ev, history, max_evals, progress=False)
     try:
         if searcher == "evolution":
             from nas.search.evolution import evolution
-            evolution(obj, srec.evolution, srec.max_tries, seed)
+            evolution(obj, srec.settings, srec.max_tries, seed)
             cands = list(obj.requested)
         elif searcher == "random":
             from nas.search.random_search import random_search
@@ -236,7 +236,7 @@ def run_one(searcher: str, seed: int, max_evals: int, flops: str, out: str) -> d
             cands = list(obj.requested)
         else:
             from nas.search.optuna_search import optuna_search
-            cands = optuna_search(obj, srec, seed, f"sqlite:///{(d / 'study.db').resolve()}",
+            cands = optuna_search(obj, srec.settings, srec.max_tries, seed, f"sqlite:///{(d / 'study.db').resolve()}",
                                   f"search-efficiency-{searcher}-s{seed}")
     finally:
         obj.close()

@@ -247,14 +247,18 @@ def cmd_rank_check(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     from nas.search.runner import search, table
+    backend = None
     if args.ray_address is None:
         _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries},
                            "candidates are evaluated in this process")
+    else:
+        from nas.distributed.evaluation import RaySearch
+        retries = {} if args.max_retries is None else {"max_retries": args.max_retries}
+        backend = RaySearch(args.ray_address, args.num_workers, **retries).backend()
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
-               seed=args.seed, ray_address=args.ray_address, num_workers=args.num_workers,
-               max_retries=3 if args.max_retries is None else args.max_retries)
+               seed=args.seed, backend=backend)
     print(table(r))
 
 

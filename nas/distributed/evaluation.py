@@ -1,5 +1,9 @@
 """Candidate evaluation on Ray actors that each hold the supernet (``nas search --ray-address``).
 
+    result = search(space, flops="1.3G", backend=RaySearch("auto", num_workers=8).backend())
+
+or, below the search's backend interface (``nas.search.backend``)::
+
     with ray_cluster("auto"):
         pool = ActorEvaluators(supernet, {"search": ev_search, "val": ev_val}, num_workers=8)
         evaluate = pool.evaluator("search")     # an ``Evaluate``: ``evaluate(arch)``, ``evaluate.map(archs)``
@@ -45,22 +49,67 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from nas.arch import Arch
+from nas.distributed.cluster import check_address, ray_cluster
 from nas.errors import NasError
+from nas.search.backend import Log, Scoring, Trained
 from nas.search.evaluator import Evaluation, Evaluator, Preloaded
 from nas.space import SearchSpace
 
 KILL_HOOK = "NAS_TEST_KILL_ACTOR"
+MAX_RETRIES = 3
+"""Restarts of a dead evaluation worker, and retries of its evaluation, unless ``--max-retries`` says."""
 
 
-def check_workers(num_workers: int | None, max_retries: int) -> None:
-    """``--num-workers`` (None: the default) and ``--max-retries`` as the actors take them."""
-    if num_workers is not None and num_workers < 1:
-        raise NasError(f"--num-workers must be >= 1, got {num_workers}")
-    if max_retries < 0:
-        raise NasError(f"--max-retries must be >= 0, got {max_retries}")
+@dataclass(frozen=True)
+class RaySearch:
+    """Where a search's candidates are scored on Ray, validated once here: ``address`` (``local``, ``auto`` or
+    ``host:port``), ``num_workers`` evaluation actors (None: one per CPU of the cluster, or one per GPU when it
+    has GPUs), each restarted up to ``max_retries`` times when its process dies."""
+    address: str
+    num_workers: int | None = None
+    max_retries: int = MAX_RETRIES
+
+    def __post_init__(self) -> None:
+        check_address(self.address)
+        if self.num_workers is not None and (isinstance(self.num_workers, bool) or self.num_workers < 1):
+            raise NasError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise NasError(f"--max-retries must be >= 0, got {self.max_retries}")
+
+    def backend(self) -> "RayBackend":
+        return RayBackend(self)
+
+
+class RayBackend:
+    """The search's backend (``nas.search.backend``) on Ray: joins the cluster for the search, and scores
+    candidates, the baseline's and the winners on ``EvalActor``s holding the supernet; Optuna studies run
+    through Ray Tune on the same actors (``nas.distributed.tune``)."""
+    needs_supernet = True
+
+    def __init__(self, config: RaySearch) -> None:
+        self.config = config
+
+    def start(self, space: SearchSpace, supernet: Trained | None, batch_size: int, stack: ExitStack,
+              log: Log) -> Scoring:
+        from nas.distributed.tune import tune_search
+
+        assert supernet is not None  # needs_supernet
+        cfg = self.config
+        stack.enter_context(ray_cluster(cfg.address))
+        local = {s: Evaluator(supernet.supernet, supernet.splits, s, batch_size=batch_size) for s in ("search", "val")}
+        actors = ActorEvaluators(supernet.supernet, local, num_workers=cfg.num_workers, max_retries=cfg.max_retries,
+                                 batch_size=batch_size)
+        log(f"ray: {actors.workers} evaluation actors on {cfg.address} (processes "
+            f"{', '.join(map(str, actors.pids()))}), --max-retries {cfg.max_retries}")
+        shared = actors.evaluator("search")  # the baseline takes turns with the search on the same actors
+        return Scoring(shared, actors.evaluator("val"), lambda: shared,
+                       run_study=lambda *args, run_dir: tune_search(*args, actors=actors, tune_dir=run_dir / "tune"),
+                       per_image=lambda split: local[split].per_image)  # the actors return means only
 
 
 class EvalActor:
@@ -112,7 +161,7 @@ class ActorEvaluators:
     """
 
     def __init__(self, supernet: Any, splits: dict[str, Evaluator], *, num_workers: int | None = None,
-                 max_retries: int = 3, batch_size: int = 256) -> None:
+                 max_retries: int = MAX_RETRIES, batch_size: int = 256) -> None:
         import ray
         from ray.util import ActorPool
 
@@ -120,7 +169,6 @@ class ActorEvaluators:
         gpus = int(resources.get("GPU", 0))
         if num_workers is None:
             num_workers = gpus or max(1, int(resources.get("CPU", 1)))
-        check_workers(num_workers, max_retries)
         weights = ray.put({k: v.detach().cpu() for k, v in supernet.state_dict().items()})
         data = ray.put({name: ev.preload() or ev.splits for name, ev in splits.items()})
         space = ray.put(supernet.space)

@@ -1,6 +1,6 @@
 """``nas search --searcher optuna|nsga2 --ray-address``: Ray Tune's ``OptunaSearch`` drives the study.
 
-    cands = tune_search(obj, recipe, seed, storage_url, study_name, multi, actors, run / "tune")
+    cands = tune_search(obj, settings, max_tries, seed, storage_url, study_name, actors, run / "tune")
 
 The pieces, all Ray Tune's or Optuna's own:
 
@@ -48,9 +48,8 @@ from nas.errors import NasError
 from nas.search.evaluator import Evaluation
 from nas.search.history import Candidate
 from nas.search.objective import Objective
-from nas.search.optuna_search import (constrain, make_sampler, open_study, rejection, remember_candidates,
-                                      suggest_vector, values)
-from nas.search.recipe import SearchRecipe
+from nas.search.optuna_search import (Nsga2Cfg, Settings, constrain, make_sampler, open_study, rejection,
+                                      remember_candidates, suggest_vector, values)
 
 METRICS = ("objective", "budget_macs")
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1 << 20}
@@ -195,7 +194,7 @@ def _quiet() -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = old
 
 
-def tune_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str, multi: bool,
+def tune_search(obj: Objective, settings: Settings, max_tries: int, seed: int, storage: str, study_name: str,
                 actors: Any, tune_dir: Path) -> list[Candidate]:
     """Run the study through Ray Tune until ``obj.max_evals`` distinct archs are evaluated (or ``max_tries``
     suggestions in a row bring nothing new). Returns every candidate of the run's history."""
@@ -204,14 +203,15 @@ def tune_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, s
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler, directions = make_sampler(recipe, seed, multi)
-    study, st = open_study(storage, recipe, study_name, directions)  # the sampler is OptunaSearch's
+    multi = isinstance(settings, Nsga2Cfg)
+    sampler, directions = make_sampler(settings, seed)
+    study, st = open_study(storage, settings, study_name, directions)  # the sampler is OptunaSearch's
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed driver
     remember_candidates(obj, study.get_trials(deepcopy=False))  # those of the study the history lacks (another run)
 
     workers = actors.workers
-    dedup = _Dedup(None, obj, multi, workers, recipe.max_tries)
+    dedup = _Dedup(None, obj, multi, workers, max_tries)
     inner = OptunaSearch(space=dedup.space, metric=dedup.metric, mode=dedup.mode, sampler=sampler,
                          study_name=study_name, storage=st)
     dedup.inner = ConcurrencyLimiter(inner, max_concurrent=workers)

@@ -23,12 +23,43 @@ Decisions where the papers are silent:
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.search.history import Candidate, rank_key
 from nas.search.objective import Objective
-from nas.search.recipe import EvolutionCfg
+from nas.space.schema import integer, number
+
+
+@dataclass(frozen=True)
+class EvolutionCfg:
+    """The ``evolution:`` section of a search recipe (SPOS / AutoFormer defaults: 1,000 evaluations)."""
+    population: int = 50
+    generations: int = 20
+    parents: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    mutation_prob: float = 0.1
+
+    FIELDS: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "population": integer(2, 10**6), "generations": integer(1, 10**9), "parents": integer(1, 10**9),
+        "mutations": integer(0, 10**6), "crossovers": integer(0, 10**6),
+        "mutation_prob": number(0.0, 1.0, lo_open=True)}
+
+    def check(self) -> tuple[str, str] | None:
+        """The first rule between keys that fails, as (key, message); None when all hold."""
+        if self.parents > self.population:
+            return "parents", f"parents {self.parents} must not exceed the population {self.population}"
+        if self.mutations + self.crossovers > self.population:
+            return "mutations", (f"mutations + crossovers = {self.mutations + self.crossovers} must not exceed the "
+                                 f"population {self.population} (children replace the population each generation)")
+        return None
+
+    def planned(self, max_evals: int) -> int:
+        """How many candidates the evolution evaluates under ``max_evals``."""
+        return min(max_evals, self.population * self.generations)
 
 
 def no_candidate_error(obj: Objective, max_tries: int) -> NasError:

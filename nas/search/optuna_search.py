@@ -32,12 +32,52 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Union
 
 from nas.errors import NasError
 from nas.search.history import Candidate
 from nas.search.objective import Objective
-from nas.search.recipe import SearchRecipe
+from nas.space.schema import boolean, integer, number
+from nas.space.yamlnodes import Node
+
+
+@dataclass(frozen=True)
+class OptunaCfg:
+    """The ``optuna:`` section of a search recipe: TPE's settings and the storage's heartbeats (seconds)."""
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    heartbeat_interval: int = 5
+    grace_period: int = 20
+
+    FIELDS: ClassVar[dict[str, Callable[[Node], Any]]] = {
+        "n_startup_trials": integer(0, 10**6), "multivariate": boolean, "heartbeat_interval": integer(1, 10**9),
+        "grace_period": integer(1, 10**9)}
+
+    def check(self) -> tuple[str, str] | None:
+        if self.grace_period <= self.heartbeat_interval:
+            return "grace_period", (f"grace_period {self.grace_period} must exceed heartbeat_interval "
+                                    f"{self.heartbeat_interval} (Optuna's rule)")
+        return None
+
+
+def _prob_or_null(n: Node) -> float | None:
+    return None if n.value is None else number(0.0, 1.0)(n)
+
+
+@dataclass(frozen=True)
+class Nsga2Cfg:
+    """The ``nsga2:`` section of a search recipe (``mutation_prob`` None: 1 / number of dimensions)."""
+    population: int = 50
+    crossover_prob: float = 0.9
+    mutation_prob: float | None = None
+
+    FIELDS: ClassVar[dict[str, Callable[[Node], Any]]] = {
+        "population": integer(2, 10**6), "crossover_prob": number(0.0, 1.0), "mutation_prob": _prob_or_null}
+
+
+Settings = Union[OptunaCfg, Nsga2Cfg]
+"""What an Optuna search runs with: TPE (``OptunaCfg``) or NSGA-II (``Nsga2Cfg``)."""
 
 POLL_S = 0.05
 _WORST = -1e9
@@ -80,12 +120,12 @@ def _sqlite_wal(storage: Any) -> None:
     storage.engine.dispose()  # pooled connections were opened before the listener
 
 
-def open_storage(storage: str, recipe: SearchRecipe) -> Any:
-    """The Optuna RDB storage at URL ``storage``, with heartbeats, SQLite in WAL mode (``NasError`` when Optuna
-    cannot open it)."""
+def open_storage(storage: str, settings: Settings) -> Any:
+    """The Optuna RDB storage at URL ``storage``, with heartbeats (``OptunaCfg``'s, its defaults for NSGA-II),
+    SQLite in WAL mode (``NasError`` when Optuna cannot open it)."""
     import optuna
 
-    cfg = recipe.optuna
+    cfg = settings if isinstance(settings, OptunaCfg) else OptunaCfg()
     for attempt in range(5):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
@@ -111,18 +151,18 @@ def has_set_constraint() -> bool:
     return hasattr(Trial, "set_constraint")
 
 
-def make_sampler(recipe: SearchRecipe, seed: int, multi: bool) -> tuple[Any, list[str]]:
+def make_sampler(settings: Settings, seed: int) -> tuple[Any, list[str]]:
     """The sampler (TPE with the constant liar, or NSGA-II) and the study's directions."""
     import optuna
 
     cons = None if has_set_constraint() else (lambda t: [t.user_attrs.get("constraint", 0.0)])
-    if multi:
-        n = recipe.nsga2
+    if isinstance(settings, Nsga2Cfg):
+        n = settings
         sampler = optuna.samplers.NSGAIISampler(population_size=n.population, crossover_prob=n.crossover_prob,
                                                 mutation_prob=n.mutation_prob, seed=seed,
                                                 **({} if cons is None else {"constraints_func": cons}))
         return sampler, ["maximize", "minimize"]
-    cfg = recipe.optuna
+    cfg = settings
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
                                          multivariate=cfg.multivariate, constant_liar=True,
                                          **({} if cons is None else {"constraints_func": cons}))
@@ -158,14 +198,14 @@ def values(obj: Objective, c: Candidate, multi: bool) -> float | tuple[float, fl
     return (c.objective, float(m)) if multi else c.objective
 
 
-def open_study(storage: str, recipe: SearchRecipe, study_name: str, directions: list[str],
+def open_study(storage: str, settings: Settings, study_name: str, directions: list[str],
                sampler: Any = None) -> tuple[Any, Any]:
     """The study ``study_name`` in ``storage`` (created, or loaded when it exists) and the opened storage; a stored
     study with other objectives is refused."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(storage, recipe)
+    st = open_storage(storage, settings)
     study = optuna.create_study(storage=st, sampler=sampler, study_name=study_name, directions=directions,
                                 load_if_exists=True)
     if study.directions != [getattr(optuna.study.StudyDirection, d.upper()) for d in directions]:
@@ -187,13 +227,12 @@ def remember_candidates(obj: Objective, trials: list[Any]) -> int:
 class _Study:
     """The study plus the cross-worker cache and claim protocol (see the module docstring)."""
 
-    def __init__(self, obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,
-                 multi: bool) -> None:
+    def __init__(self, obj: Objective, settings: Settings, seed: int, storage: str, study_name: str) -> None:
         import optuna
 
-        self.optuna, self.obj, self.multi = optuna, obj, multi
-        sampler, directions = make_sampler(recipe, seed, multi)
-        self.study, _ = open_study(storage, recipe, study_name, directions, sampler)
+        self.optuna, self.obj, self.multi = optuna, obj, isinstance(settings, Nsga2Cfg)
+        sampler, directions = make_sampler(settings, seed)
+        self.study, _ = open_study(storage, settings, study_name, directions, sampler)
         self.refresh()
 
     # --- shared state --------------------------------------------------------------------------------
@@ -253,18 +292,18 @@ class _Study:
             self.optuna.storages.fail_stale_trials(self.study)
 
 
-def optuna_search(obj: Objective, recipe: SearchRecipe, seed: int, storage: str, study_name: str,
-                  multi: bool = False) -> list[Candidate]:
-    """Run TPE (``multi=False``) or NSGA-II until the study holds ``obj.max_evals`` evaluated archs, or until
-    ``recipe.max_tries`` trials in a row bring nothing new. Returns every candidate evaluated in the study."""
-    s = _Study(obj, recipe, seed, storage, study_name, multi)
+def optuna_search(obj: Objective, settings: Settings, max_tries: int, seed: int, storage: str,
+                  study_name: str) -> list[Candidate]:
+    """Run TPE (``OptunaCfg``) or NSGA-II (``Nsga2Cfg``) until the study holds ``obj.max_evals`` evaluated archs,
+    or until ``max_tries`` trials in a row bring nothing new. Returns every candidate evaluated in the study."""
+    s = _Study(obj, settings, seed, storage, study_name)
     stale = {"n": 0, "evaluated": s.evaluated()}
 
     def stop(study: Any, trial: Any) -> None:
         n = s.evaluated()
         stale["n"] = 0 if n > stale["evaluated"] else stale["n"] + 1
         stale["evaluated"] = n
-        if n >= obj.max_evals or stale["n"] >= recipe.max_tries:
+        if n >= obj.max_evals or stale["n"] >= max_tries:
             study.stop()
 
     if stale["evaluated"] < obj.max_evals:

@@ -18,7 +18,8 @@ Keys (all optional; defaults in brackets)::
     optuna:    {n_startup_trials [10], multivariate [true], heartbeat_interval [5], grace_period [20]}
     nsga2:     {population [50], crossover_prob [0.9], mutation_prob [null = 1 / number of dimensions]}
 
-Only the section of the recipe's searcher is allowed.
+Only the section of the recipe's searcher is allowed: the section is the searcher's registered settings
+(``nas.search.searchers``), parsed by the keys and rules its dataclass declares.
 
 Decisions where the papers are silent:
 
@@ -34,44 +35,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError
-from nas.space.schema import Reader, boolean, integer, number, one_of, text
+from nas.search.searchers import SEARCHERS, searcher as registered
+from nas.space.schema import Reader, boolean, integer, one_of, text
 from nas.space.yamlnodes import Node, load_nodes
-
-SEARCHERS = ("evolution", "optuna", "nsga2", "random")
-
-
-@dataclass(frozen=True)
-class EvolutionCfg:
-    population: int = 50
-    generations: int = 20
-    parents: int = 10
-    mutations: int = 25
-    crossovers: int = 25
-    mutation_prob: float = 0.1
-
-
-@dataclass(frozen=True)
-class OptunaCfg:
-    n_startup_trials: int = 10
-    multivariate: bool = True
-    heartbeat_interval: int = 5
-    grace_period: int = 20
-
-
-@dataclass(frozen=True)
-class Nsga2Cfg:
-    population: int = 50
-    crossover_prob: float = 0.9
-    mutation_prob: float | None = None
 
 
 @dataclass(frozen=True)
 class SearchRecipe:
+    """How to search; ``settings`` is the searcher's section (its registered dataclass; None for a searcher
+    without one), filled with its defaults when not given."""
     searcher: str = "evolution"
     name: str = ""
     description: str = ""
@@ -79,23 +56,26 @@ class SearchRecipe:
     max_tries: int = 1000
     batch_size: int = 256
     baseline: bool = True
-    evolution: EvolutionCfg = EvolutionCfg()
-    optuna: OptunaCfg = OptunaCfg()
-    nsga2: Nsga2Cfg = Nsga2Cfg()
+    settings: Any = None
     file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        kind = registered(self.searcher).settings
+        if self.settings is None and kind is not None:
+            object.__setattr__(self, "settings", kind())
+        elif kind is None and self.settings is not None or kind is not None and not isinstance(self.settings, kind):
+            raise NasError(f"settings of searcher {self.searcher!r}: expected {getattr(kind, '__name__', None)}, "
+                           f"got {type(self.settings).__name__}")
         if not self.name:
             object.__setattr__(self, "name", f"search_{self.searcher}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data in the file format: only the searcher's own section."""
-        d = asdict(self)
-        d.pop("file")
-        for s in ("evolution", "optuna", "nsga2"):
-            if s != self.searcher:
-                d.pop(s)
-        if self.searcher == "random":
+        """Plain data in the file format: the searcher's own section under its name."""
+        d = {k: getattr(self, k) for k in ("searcher", "name", "description", "max_evals", "max_tries",
+                                           "batch_size", "baseline")}
+        if self.settings is not None:
+            d[self.searcher] = asdict(self.settings)
+        if not registered(self.searcher).baseline:
             d.pop("baseline")  # random search is its own baseline
         if not d["description"]:
             d.pop("description")
@@ -112,63 +92,48 @@ class SearchRecipe:
             return self
         if n < 1:
             raise NasError(f"--max-evals must be at least 1, got {n}")
-        from dataclasses import replace
         return replace(self, max_evals=n)
 
+    def planned_evals(self) -> int:
+        """How many candidates the search evaluates (fewer only when the space runs out of new ones)."""
+        return registered(self.searcher).planned(self.settings, self.max_evals)
 
-def _section(root: Reader, key: str, cls: type, fields: dict[str, Any]) -> Any:
-    if not root.has(key) or root.left[key].value is None:
-        root.left.pop(key, None)
-        return cls()
-    node = root.left.pop(key)
-    r = Reader(node, key).allow(*fields)
-    d = cls()
-    out = cls(**{k: r.take(k, parse, getattr(d, k)) for k, parse in fields.items()})
-    r.done()
+
+def _section(r: Reader, key: str, kind: type | None, file: str | None) -> Any:
+    """The searcher's section ``key`` parsed into ``kind`` (its defaults when absent or null)."""
+    if kind is None:
+        return None
+    if not r.has(key) or r.left[key].value is None:
+        r.left.pop(key, None)
+        return kind()
+    sr = Reader(r.left.pop(key), key).allow(*kind.FIELDS)
+    d = kind()
+    out = kind(**{k: sr.take(k, parse, getattr(d, k)) for k, parse in kind.FIELDS.items()})
+    sr.done()
+    broken = out.check() if hasattr(out, "check") else None
+    if broken is not None:
+        raise NasError(broken[1], file=file, key=f"{key}.{broken[0]}")
     return out
-
-
-def _prob_or_null(n: Node) -> float | None:
-    return None if n.value is None else number(0.0, 1.0)(n)
 
 
 def parse_search_recipe(root: Node, name: str = "") -> SearchRecipe:
     """Validate a search recipe Node tree (see the module docstring for the keys)."""
+    sections = [n for n, s in SEARCHERS.items() if s.settings is not None]
     r = Reader(root, "a search recipe").allow("name", "description", "searcher", "max_evals", "max_tries",
-                                              "batch_size", "baseline", "evolution", "optuna", "nsga2")
+                                              "batch_size", "baseline", *sections)
     searcher = r.take("searcher", one_of(*SEARCHERS), "evolution")
-    for other in ("evolution", "optuna", "nsga2"):
+    for other in sections:
         if other != searcher and r.has(other):
-            node = r.left[other]
-            raise node.error(f"section {other!r} does not apply to searcher {searcher!r}; remove it or set "
-                             f"`searcher: {other}`")
+            raise r.left[other].error(f"section {other!r} does not apply to searcher {searcher!r}; remove it or "
+                                      f"set `searcher: {other}`")
     d = SearchRecipe(searcher)
     pos = integer(1, 10**9)
     out = SearchRecipe(
         searcher=searcher, name=r.take("name", text, name or d.name), description=r.take("description", text, ""),
         max_evals=r.take("max_evals", pos, d.max_evals), max_tries=r.take("max_tries", pos, d.max_tries),
         batch_size=r.take("batch_size", pos, d.batch_size), baseline=r.take("baseline", boolean, d.baseline),
-        evolution=_section(r, "evolution", EvolutionCfg, {
-            "population": integer(2, 10**6), "generations": pos, "parents": pos, "mutations": integer(0, 10**6),
-            "crossovers": integer(0, 10**6), "mutation_prob": number(0.0, 1.0, lo_open=True)}),
-        optuna=_section(r, "optuna", OptunaCfg, {
-            "n_startup_trials": integer(0, 10**6), "multivariate": boolean, "heartbeat_interval": pos,
-            "grace_period": pos}),
-        nsga2=_section(r, "nsga2", Nsga2Cfg, {
-            "population": integer(2, 10**6), "crossover_prob": number(0.0, 1.0), "mutation_prob": _prob_or_null}),
-        file=root.file)
+        settings=_section(r, searcher, SEARCHERS[searcher].settings, root.file), file=root.file)
     r.done()
-    ev = out.evolution
-    if ev.parents > ev.population:
-        raise NasError(f"parents {ev.parents} must not exceed the population {ev.population}",
-                       file=root.file, key="evolution.parents")
-    if ev.mutations + ev.crossovers > ev.population:
-        raise NasError(f"mutations + crossovers = {ev.mutations + ev.crossovers} must not exceed the population "
-                       f"{ev.population} (children replace the population each generation)",
-                       file=root.file, key="evolution.mutations")
-    if out.optuna.grace_period <= out.optuna.heartbeat_interval:
-        raise NasError(f"grace_period {out.optuna.grace_period} must exceed heartbeat_interval "
-                       f"{out.optuna.heartbeat_interval} (Optuna's rule)", file=root.file, key="optuna.grace_period")
     return out
 
 

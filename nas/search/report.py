@@ -1,7 +1,13 @@
 """What ``nas search`` reports at the end: the winner against random search's best, with the noise between them.
 
+    result = report(job, run_dir, found, scoring, supernet, log, t0)   # -> SearchResult, every file written
     summary(result) -> dict     # summary.json
     table(result) -> str        # the table ``nas search`` prints
+
+``report`` re-scores the winner and the baseline's best on the validation split, makes the paired comparisons
+below, exports the winner (``nas.export``: best.yaml and its inherited weights, ``--top K`` more, pareto.csv,
+the front of search loss against MACs), writes summary.json, draws the pictures (``nas.search.plots``:
+pareto.png and best_so_far.png, both of the search loss, the key the search ranks by) and logs the table.
 
 Two comparisons are made on the images themselves (``nas.search.evaluator.Evaluator.per_image``: every arch is
 scored on the same images in the same order, so differences are paired; ``nas.stats.paired_difference``):
@@ -29,20 +35,146 @@ Decisions where the papers are silent:
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from nas.arch import Arch
-from nas.search.budget import human
-from nas.search.history import Candidate
+from nas.arch import Arch, Provenance
+from nas.errors import NasError
+from nas.search.budget import Budget, human
+from nas.search.history import Candidate, best, rank_key
+from nas.space import SearchSpace
 from nas.stats import paired_difference
 
 if TYPE_CHECKING:
+    from nas.search.backend import Scoring, Trained
     from nas.search.evaluator import PerImage
+    from nas.search.job import SearchJob
 
 PerImageFn = Callable[[Arch], "PerImage"]
 SKIP_SE = 3.0         # candidates further above the winner's loss than this many paired standard errors are skipped
 PAIRED_SE_FROM = 5    # the paired standard error is estimated from this many candidates nearest the winner
 MAX_CHECKS = 50
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the searcher and the baseline beside it found."""
+    candidates: list[Candidate]             # every candidate the searcher asked for, in order
+    new_evals: int                          # evaluated by this invocation (the rest came from the history)
+    baseline_ran: bool                      # whether the random baseline ran beside the searcher
+    baseline: Candidate | None              # the best of its first len(candidates) candidates
+    baseline_evals: int
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    space: SearchSpace
+    budget: Budget
+    searcher: str
+    best: Candidate
+    best_arch: Arch                         # target arch, with provenance
+    candidates: list[Candidate]             # every evaluated candidate of the search, in order
+    new_evals: int                          # evaluated by this invocation (the rest came from the history)
+    baseline: Candidate | None = None       # the best of the same number of random candidates
+    val_score: float | None = None          # winner's top-1 on the validation split
+    baseline_val_score: float | None = None
+    baseline_evals: int = 0                 # random candidates the baseline scored (as many as the search's)
+    versus_baseline: dict[str, Any] | None = None  # winner - baseline on val, paired (``versus``)
+    cheapest: dict[str, Any] | None = None  # the cheapest candidate within noise (``cheapest_within_noise``)
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def report(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", supernet: "Trained | None",
+           log: Callable[[str], None], t0: float) -> SearchResult:
+    """The search's result, every file of it written (see the module docstring); ``t0`` when the job began."""
+    pm, bud = job.proxy, job.budget
+    winner = best(found.candidates)
+    if winner is None:
+        raise NasError(f"none of the {len(found.candidates)} evaluated candidates met the budget ({bud.describe()}) "
+                       f"on their measured mean MACs; widen the budget or use --budget-on worst")
+    log(f"search: {len(found.candidates)} candidates ({found.new_evals} evaluated now), best {winner.arch_hash} "
+        f"score {winner.score:.4f} target MACs {human(winner.target_macs)}")
+    r = SearchResult(run_dir, job.target, bud, job.searcher, winner, _target_arch(job.target, winner, bud),
+                     found.candidates, found.new_evals, notes=list(job.notes))
+    proxy_of = lambda c: pm.to_proxy(job.target.decode(c.vector))  # noqa: E731 - the scored arch of a candidate
+
+    # both winners on the validation split
+    r.val_score = float(scoring.val(proxy_of(winner)).score)
+    if found.baseline_ran:
+        r.baseline, r.baseline_evals = found.baseline, found.baseline_evals
+        if r.baseline is not None:
+            r.baseline_val_score = float(scoring.val(proxy_of(r.baseline)).score)
+
+    # the paired comparisons on the images themselves
+    on_search, on_val = scoring.per_image("search"), scoring.per_image("val")
+    if on_search is None or on_val is None:
+        r.notes.append("the evaluator gives no per-image outcomes: paired comparisons left out")
+    else:
+        if r.baseline is not None:
+            r.versus_baseline = versus(on_val, proxy_of(r.best), proxy_of(r.baseline))
+        r.cheapest = cheapest_within_noise(on_search, r.best, r.candidates, proxy_of, lambda c: budget_macs(c, bud))
+        log(f"paired comparisons: winner vs baseline {r.versus_baseline}; cheapest within noise {r.cheapest}")
+
+    overrides = supernet.overrides if supernet is not None else dict(job.training.space_overrides) \
+        if job.training is not None else {}
+    r.files = [run_dir / "history.csv", *([run_dir / "baseline.csv"] if found.baseline_ran else []),
+               *_export(r, pm, None if supernet is None else supernet.supernet, job.top, job.seed, overrides)]
+    r.seconds = time.perf_counter() - t0
+    from nas.export import write_json
+    from nas.viz import visualize_search
+    r.files.append(write_json(summary(r), run_dir / "summary.json"))
+    r.files += visualize_search(run_dir, out=run_dir)  # pareto.png, best_so_far.png (reads summary.json)
+    log(table(r))
+    return r
+
+
+def budget_macs(c: Candidate, bud: Budget) -> int:
+    """The MACs the budget bounds: the measured mean or the worst case."""
+    return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
+
+
+def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
+    return replace(target.decode(c.vector), provenance=Provenance(
+        space=target.name, space_hash=target.hash, budget_macs=None if bud.macs is None else bud.macs[1],
+        budget_params=None if bud.params is None else bud.params[1], score=c.score))
+
+
+def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, overrides: dict[str, Any]) -> list[Path]:
+    """best.yaml (+ weights), ``top`` more into ``top/``, and pareto.csv."""
+    from nas.export import export_arch, write_pareto_csv
+    from nas.viz import pareto_front
+
+    run, target, bud = res.run_dir, res.space, res.budget
+    ranked = sorted((c for c in res.candidates if c.feasible), key=rank_key)
+    files: list[Path] = []
+    for i, c in enumerate(ranked[:top + 1]):
+        arch = _target_arch(target, c, bud)
+        proxy_arch = None if pm.is_identity else pm.to_proxy(arch)
+        header = [f"{'best' if i == 0 else f'rank {i + 1}'} of search {run.name}: target arch ({target.name}, space "
+                  f"hash {target.hash}); retrain it with `nas retrain`",
+                  f"target MACs {c.target_macs} ({human(c.target_macs)}, worst case), params {c.target_params} "
+                  f"({human(c.target_params)})" + (f", mean MACs {c.macs_mean}" if pm.is_identity and c.macs_mean
+                                                   else ""),
+                  f"budget: {bud.describe()}; searcher {res.searcher}, seed {seed}",
+                  f"score: top-1 {c.score:.6f} on the search split (loss {c.loss:.6f}), inherited supernet weights"]
+        if proxy_arch is not None:
+            header.append(f"scored on a proxy (space hash {pm.proxy.hash}, overrides {overrides}): the inherited "
+                          f"weights fit {'best' if i == 0 else 'this'}.proxy.yaml, not this arch")
+        folder, stem = (run, "best") if i == 0 else (run / "top", f"rank{i + 1:02d}-{c.arch_hash}")
+        pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
+        files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header, supernet, pprov)
+    feas = [c for c in res.candidates if c.feasible]
+    front = [feas[i] for i in pareto_front([(budget_macs(c, bud), c.loss) for c in feas])]  # lower is better
+    files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
+                                    "objective": repr(c.objective), "macs": budget_macs(c, bud),
+                                    "params": c.target_params, "feasible": int(c.feasible),
+                                    "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
+    return files
 
 
 def versus(per_image: PerImageFn, a: Arch, b: Arch) -> dict[str, Any]:

@@ -54,7 +54,12 @@ def _load_space(path: str, overrides: dict[str, Any], recipe: Recipe) -> SearchS
     return recipe.overridden(load_space, path, overrides)
 
 
-def resolve(space_path: str, data: str, recipe: Recipe) -> tuple[SearchSpace, DataSplits, dict[str, Any]]:
+Resolved = tuple[SearchSpace, DataSplits, dict[str, Any]]
+"""A space resolved for training: the space with the recipe's overrides and the data's class count, the data
+splits, and the overrides applied (``resolve``)."""
+
+
+def resolve(space_path: str, data: str, recipe: Recipe) -> Resolved:
     """The space with the recipe's overrides and the data's class count, its data splits, and the overrides
     (``num_classes`` among them when the data's class count differs from the space's)."""
     if recipe.width_multiplier != 1.0:
@@ -123,11 +128,11 @@ class SposTrainer(Trainer):
 def supernet_job(space: str | os.PathLike, data: str = "builtin", recipe: Recipe | str | os.PathLike | None = None,
                  out: str | os.PathLike | None = None, progress: bool = True,
                  on_step: Callable[[TrainState], None] | None = None,
-                 build: Callable[..., nn.Module] = _build_supernet) -> Job:
+                 build: Callable[..., nn.Module] = _build_supernet, resolved: Resolved | None = None) -> Job:
     """The supernet training job of ``train_supernet`` (its arguments), checked (model size, memory)."""
     rc = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     space_file = str(space)
-    sp, splits, overrides = resolve(space_file, data, rc)
+    sp, splits, overrides = resolved if resolved is not None else resolve(space_file, data, rc)
     bounds = sp.cost_bounds()  # before anything is allocated or written
     largest = "the largest arch of the space" + (" (with the recipe's space_overrides)" if rc.space_overrides else "")
     check_model_size(bounds["max_macs"], bounds["max_params"], largest, file=space_file)
@@ -151,13 +156,15 @@ def train_supernet(space: str | os.PathLike, data: str = "builtin",
                    recipe: Recipe | str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                    resume: bool = False, progress: bool = True,
                    on_step: Callable[[TrainState], None] | None = None,
-                   build: Callable[..., nn.Module] = _build_supernet) -> TrainResult:
+                   build: Callable[..., nn.Module] = _build_supernet, resolved: Resolved | None = None) -> TrainResult:
     """Train (or resume training) a SPOS supernet of ``space`` on ``data`` with ``recipe`` into ``out``.
 
     Re-running with the same arguments resumes from the newest valid checkpoint in ``out``; ``resume=True``
     additionally requires that ``out`` holds a run. ``on_step(state)`` is called after every step (hooks, tests);
     ``build(space, **recipe.model_kwargs())`` makes the supernet (default ``nas.supernet.Supernet``; the trainer
-    runs a path with ``supernet.bound(arch)``). On a Ray cluster: ``nas.distributed.train``.
+    runs a path with ``supernet.bound(arch)``). ``resolved``: ``resolve(space, data, recipe)`` when the caller
+    has it already (``nas search`` plans with it), so the data is loaded once. On a Ray cluster:
+    ``nas.distributed.train``.
     """
-    job = supernet_job(space, data, recipe, out, progress, on_step, build)
+    job = supernet_job(space, data, recipe, out, progress, on_step, build, resolved)
     return run_job(job, resume)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nas.search.history import best, read_history
+from nas.search.backend import Injected
 from nas.search.runner import search
 from tests.search.helpers import SMALL_EVOLUTION, TINY, FakeEvaluator, write
 
@@ -33,7 +34,7 @@ def rows(path: Path) -> list[str]:
 def test_sigkill_mid_search_then_resume_loses_and_repeats_nothing(tmp_path: Path):
     space, rec = write(tmp_path, "tiny.yaml", TINY), write(tmp_path, "evo.yaml", SMALL_EVOLUTION)
     kw = {"space": str(space), "flops": "300K:600K", "search_recipe": str(rec)}
-    reference = search(**kw, out=tmp_path / "ref", progress=False, evaluator=lambda s, split: FakeEvaluator(s, split))
+    reference = search(**kw, out=tmp_path / "ref", progress=False, backend=Injected(lambda s, split: FakeEvaluator(s, split)))
     out = tmp_path / "killed"
     p = worker(**kw, out=str(out), sleep=0.05)
     deadline = time.time() + 60
@@ -49,7 +50,7 @@ def test_sigkill_mid_search_then_resume_loses_and_repeats_nothing(tmp_path: Path
     def make(s, split):
         evaluators.append(FakeEvaluator(s, split))
         return evaluators[-1]
-    resumed = search(**kw, out=out, progress=False, evaluator=make)
+    resumed = search(**kw, out=out, progress=False, backend=Injected(make))
     after = rows(out / "history.csv")
     assert after[:len(before)] == before                      # nothing lost
     assert len(set(after)) == len(after)                      # nothing evaluated twice
@@ -85,7 +86,7 @@ def test_two_optuna_workers_on_one_sqlite_study_evaluate_no_arch_twice(tmp_path:
     def one(i: int) -> None:
         try:
             search(**kw, out=tmp_path / f"w{i}", progress=False,
-                   evaluator=lambda s, split: FakeEvaluator(s, split, sleep=0.1))
+                   backend=Injected(lambda s, split: FakeEvaluator(s, split, sleep=0.1)))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]

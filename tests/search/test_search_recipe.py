@@ -19,7 +19,7 @@ def test_shipped_recipe_equals_the_defaults(searcher: str):
 
 
 def test_defaults_are_spos_autoformer():
-    e = SearchRecipe().evolution
+    e = SearchRecipe().settings
     assert (e.population, e.generations, e.parents, e.mutations, e.crossovers, e.mutation_prob) == \
         (50, 20, 10, 25, 25, 0.1)
     assert SearchRecipe().max_evals == 1000

@@ -17,6 +17,7 @@ from nas.cli import main
 from nas.cost import cost
 from nas.errors import NasError
 from nas.search.history import History
+from nas.search.backend import Injected
 from nas.search.runner import search
 from nas.space import load_arch, load_space
 from tests.search.helpers import SMALL_EVOLUTION, TINY, TINY_CF, FakeEvaluator, fake_score, write
@@ -36,7 +37,7 @@ def run(tmp: Path, searcher: str, out: str | None = None, **kw):
     else:
         kw.setdefault("searcher", searcher)
     kw.setdefault("flops", f"{BAND[0]}:{BAND[1]}")
-    return search(space, out=tmp / (out or searcher), progress=False, evaluator=kw.pop("evaluator", fake), **kw)
+    return search(space, out=tmp / (out or searcher), progress=False, backend=Injected(kw.pop("evaluator", fake)), **kw)
 
 
 def all_archs(space):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+from nas.search.backend import Injected
 from nas.search.runner import search
 from tests.search.helpers import FakeEvaluator
 
 if __name__ == "__main__":
     kw = json.loads(sys.argv[1])
     sleep = kw.pop("sleep", 0.0)
-    search(**kw, progress=False, evaluator=lambda space, split: FakeEvaluator(space, split, sleep=sleep))
+    search(**kw, progress=False, backend=Injected(lambda space, split: FakeEvaluator(space, split, sleep=sleep)))

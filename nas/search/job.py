@@ -1,0 +1,206 @@
+"""The plan of a search: everything ``nas search`` decides before its run directory is touched.
+
+    job = plan("spaces/psvit_tiny.yaml", flops="1.3G")      # cheap checks only: well under a second
+
+``plan`` resolves, cheapest check first, and once: the target space and the search recipe, the budget against
+the target's exact reachable range, the training recipe and the proxy space it defines, and the data as
+training will see it (the splits are loaded here and handed to training and to scoring, never loaded again).
+The ``SearchJob`` it returns is what the run directory records (``SearchJob.identity``), what the supernet is
+trained from, and what the searcher and the report read.
+
+Decisions where the papers are silent:
+
+- ``--budget-on`` defaults to ``mean`` for a space of data-dependent archs (ATS, CF-ViT) whose supernet is
+  trained on the target itself, else ``worst``; ``mean`` with a proxy is refused (the measured mean of a proxy
+  arch says nothing exact about the target's), and ``summary.json``, the log and the table say which applied.
+- Changing ``--max-evals`` changes the search recipe: a run directory refuses it like any other recipe change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas.errors import NasError
+from nas.search.budget import Budget
+from nas.search.proxy import ProxyMap, check_same_dimensions
+from nas.search.recipe import SearchRecipe, load_search_recipe
+from nas.search.searchers import searcher as registered
+from nas.space import SearchSpace, load_space
+
+if TYPE_CHECKING:
+    from nas.data import DataSplits
+    from nas.train.recipe import Recipe
+
+SEARCH_RUN_FORMAT = "nas-search-run/1"
+
+
+@dataclass
+class SearchJob:
+    """A search, resolved: ``target`` the space as written (what the budget bounds), ``proxy`` the map to the
+    space the supernet is trained on; ``training`` the supernet recipe (None with ``supernet``, a trained run
+    given) and, when it is trained here (``trains``), ``resolved`` = (trained space, splits, overrides) of
+    ``data`` as training sees them."""
+    space_file: str
+    target: SearchSpace
+    recipe: SearchRecipe
+    budget: Budget
+    proxy: ProxyMap
+    data: str
+    seed: int
+    top: int = 0
+    storage: str | None = None
+    training: "Recipe | None" = None
+    resolved: "tuple[SearchSpace, DataSplits, dict[str, Any]] | None" = None
+    supernet: Path | None = None
+    trains: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def searcher(self) -> str:
+        return self.recipe.searcher
+
+    def default_out(self) -> Path:
+        return Path("runs") / f"{self.target.name}-search-{self.budget.label()}-{self.searcher}-s{self.seed}"
+
+    def study_name(self) -> str:
+        """The Optuna study of this search (its identity: space, budget, searcher, recipe, seed)."""
+        t = self.target
+        return f"nas-search-{t.name}-{t.hash}-{self.budget.label()}-{self.searcher}-{self.recipe.hash()}-s{self.seed}"
+
+    def train_id(self) -> dict[str, Any]:
+        """What identifies the supernet in run.json."""
+        if self.supernet is not None:
+            return {"supernet": str(self.supernet.resolve()), "space_hash": self.proxy.proxy.hash}
+        return {"recipe_hash": self.training.hash(), "data": self.data}
+
+    def identity(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """run.json of the search, and the keys a resumed run must keep (key -> what it is, for the message)."""
+        info = {"format": SEARCH_RUN_FORMAT, "space_hash": self.target.hash, "budget": self.budget.to_dict(),
+                "searcher": self.searcher, "search_recipe": self.recipe.hash(), "train": self.train_id(),
+                "seed": self.seed, "space": {"name": self.target.name, "file": self.space_file},
+                "search_recipe_file": self.recipe.file, "storage": self.storage}
+        return info, {"space_hash": "space", "budget": "budget", "searcher": "searcher",
+                      "search_recipe": "search recipe (or --max-evals)",
+                      "train": "supernet training (recipe, data or --supernet)", "seed": "seed"}
+
+
+def data_dependent(space: SearchSpace) -> bool:
+    """Whether the space's archs execute image-dependent MACs (ATS or coarse-to-fine tokenizer)."""
+    t = space.template()
+    return t.get("ats") is not None or t["tokenizer"]["type"] == "coarse_fine"
+
+
+def plan(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
+         searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str = "builtin",
+         recipe: str | Path | None = None, search_recipe: str | Path | None = None,
+         supernet: str | Path | None = None, storage: str | None = None, seed: int = 0,
+         trains: bool = True) -> SearchJob:
+    """Every check that needs no training, cheapest first (the budget before the training recipe); ``trains``
+    False: nothing will be trained (an injected backend), so no default training recipe and no data."""
+    space_file = str(space)
+    target = load_space(space_file)
+    srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
+    if top < 0:
+        raise NasError(f"--top must be >= 0, got {top}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
+    if storage is not None:
+        _check_storage(storage, srec.searcher)
+
+    # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
+    dd = data_dependent(target)
+    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"))
+    bounds = target.cost_bounds()
+    bud.check_reachable(bounds, where=space_file)
+
+    # the supernet's space: a trained run's, or the training recipe's (its overrides define a proxy)
+    job = SearchJob(space_file, target, srec, bud, ProxyMap(target, target), data, seed, top, storage,
+                    trains=trains and supernet is None)
+    if supernet is not None:
+        job.supernet = Path(supernet)
+        trained, where = _trained_space(job.supernet), str(job.supernet / "space.yaml")
+    else:
+        trained, where = _training(job, recipe, trains)
+    check_same_dimensions(target, trained, where=where)
+    why = ""
+    if job.trains:  # num_classes follows the data: resolve exactly as training will, once
+        from nas.train.spos import resolve
+        job.resolved = resolve(space_file, data, job.training)
+        trained, splits = job.resolved[0], job.resolved[1]
+        why = f"data {data!r} has {splits.num_classes} classes, the space {target.template()['num_classes']}"
+
+    on = budget_on or ("mean" if dd and trained.hash == target.hash else "worst")
+    if on == "mean" and trained.hash != target.hash:
+        raise _mean_refusal(where, why if job.training is None or not job.training.space_overrides else "")
+    job.budget = replace(bud, on=on)
+    job.budget.check_reachable(bounds, where=space_file)
+    job.proxy = ProxyMap(target, trained)
+    job.notes = _notes(job, budget_on, recipe is None)
+    return job
+
+
+def _check_storage(storage: str, searcher: str) -> None:
+    """``--storage``: for a searcher that keeps a study, and a database URL (refused now, not after training)."""
+    if not registered(searcher).study:
+        raise NasError(f"--storage holds an Optuna study: it applies to --searcher optuna or nsga2, not {searcher}")
+    from sqlalchemy.engine import make_url
+    try:
+        make_url(storage)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+        raise NasError(f"--storage {storage!r} is not a database URL ({e}); use e.g. sqlite:///study.db") from None
+
+
+def _trained_space(sup_dir: Path) -> SearchSpace:
+    if not (sup_dir / "space.yaml").exists() or not (sup_dir / "supernet.safetensors").exists():
+        raise NasError("--supernet: not a finished supernet run (needs space.yaml and supernet.safetensors; "
+                       "train one with `nas train-supernet`)", file=str(sup_dir))
+    return load_space(sup_dir / "space.yaml")
+
+
+def _training(job: SearchJob, recipe: str | Path | None, trains: bool) -> tuple[SearchSpace, str | None]:
+    """The training recipe (``job.training``: the default for the data unless given; with nothing to train and
+    no recipe given, the PSViT defaults) and the space it trains, with no data loaded yet."""
+    from nas.train.recipe import default_recipe, load_recipe
+
+    default = default_recipe("supernet", job.data) if trains else None
+    rc = job.training = load_recipe(recipe if recipe is not None else default)
+    try:
+        trained = load_space(job.space_file, overrides=rc.space_overrides) if rc.space_overrides else job.target
+    except NasError as e:
+        if recipe is not None:
+            raise
+        raise NasError(f"the default training recipe does not fit this space ({e.format()}); give a training "
+                       "recipe with --recipe (its space_overrides may define a proxy) or a trained --supernet",
+                       file=str(default)) from None
+    return trained, rc.file
+
+
+def _notes(job: SearchJob, budget_on: str | None, default_recipe: bool) -> list[str]:
+    on = job.budget.on
+    notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
+                                       budget_on is None and on == "mean" else
+                                       " (default)" if budget_on is None else "")]
+    if job.trains:
+        rc = job.training
+        notes.append(f"supernet recipe {_shown(rc.file) if rc.file else 'the PSViT paper defaults'}"
+                     + (" (the default for this data; --recipe to change)" if default_recipe else ""))
+    if not job.proxy.is_identity:
+        notes.append(f"scored on a proxy of the target (space hash {job.proxy.proxy.hash}); budget checked on the "
+                     "target")
+    return notes
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (as a user would type it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _mean_refusal(where: str | None, why: str = "") -> NasError:
+    return NasError("--budget-on mean bounds the mean MACs measured with the supernet's weights, so the supernet "
+                    "must be trained on the target space itself, but the training recipe defines a proxy "
+                    f"({why or 'space_overrides'}); use --budget-on worst, or a recipe without space_overrides "
+                    "and data with the space's num_classes", file=where)
