@@ -119,7 +119,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
         if obj.data_dependent:
             info.update(macs_min=c.macs_min, macs_max=c.macs_max)
         if args.supernet:
-            from nas.search.evaluator import measure_inherited
+            from nas.supernet.run import measure_inherited
             info.update(measure_inherited(args.supernet, obj, args.data, images=args.images))
         elif args.data:
             from nas.measure import measure_arch
@@ -141,7 +141,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from nas.cost import cost
-    from nas.search.evaluator import evaluate_arch
+    from nas.supernet.run import evaluate_arch
     from nas.space import load_arch
     arch = load_arch(args.arch)
     scored, e, images = evaluate_arch(args.supernet, arch, args.split, args.data, args.batch_size)

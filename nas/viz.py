@@ -141,16 +141,12 @@ def _model(arch: Arch, data: str | None, images: int, weights: str | None, super
            seed: int) -> Iterator[tuple[nn.Module, Arch, torch.Tensor, torch.Tensor, str]]:
     """(model in eval mode, the arch it runs, images (N, C, H, W), labels (N,), where the weights come from)."""
     if supernet is not None:
-        from nas.search.evaluator import Evaluator
-        from nas.train.rundir import load_supernet_run
+        from nas.supernet.run import load_supernet_run
 
-        run = load_supernet_run(supernet)
-        scored = run.proxy_arch(arch)
-        ev = Evaluator(run.supernet, run.splits(data, val_images=images), "val", batch_size=images)
-        x, y = next(iter(ev.batches()))
-        source = f"supernet {Path(supernet).name}" + (" (as its proxy arch)" if scored != arch else "")
-        with ev.model(scored) as model:
-            yield model.eval(), scored, x[:images], y[:images], source
+        with load_supernet_run(supernet).scored(arch, "val", data, val_images=images, batch_size=images) as s:
+            x, y = next(iter(s.evaluator.batches()))
+            source = f"supernet {Path(supernet).name}" + (" (as its proxy arch)" if s.arch != arch else "")
+            yield s.model.eval(), s.arch, x[:images], y[:images], source
         return
     from nas.cost import cost
     from nas.data import load_data

@@ -7,7 +7,7 @@
 What travels, and how often:
 
 - the supernet's weights (its ``state_dict``) and the scored splits (the ``search`` and ``val`` batches as
-  tensors, ``nas.search.evaluator.Preloaded``) are put in Ray's object store once (``ray.put``) and handed to
+  tensors, ``nas.supernet.scoring.Preloaded``) are put in Ray's object store once (``ray.put``) and handed to
   each actor by reference; an actor builds the supernet from its space, loads the weights and keeps both
   splits for the whole search;
 - per candidate only the (proxy) arch goes out and its ``Evaluation`` comes back.
@@ -49,7 +49,7 @@ from typing import Any, Iterator, Sequence
 
 from nas.arch import Arch
 from nas.errors import NasError
-from nas.search.evaluator import Evaluation, Evaluator, Preloaded
+from nas.supernet.scoring import Evaluation, Evaluator, Preloaded
 from nas.space import SearchSpace
 
 KILL_HOOK = "NAS_TEST_KILL_ACTOR"

@@ -3,7 +3,7 @@
     summary(result) -> dict     # summary.json
     table(result) -> str        # the table ``nas search`` prints
 
-Two comparisons are made on the images themselves (``nas.search.evaluator.Evaluator.per_image``: every arch is
+Two comparisons are made on the images themselves (``nas.supernet.scoring.Evaluator.per_image``: every arch is
 scored on the same images in the same order, so differences are paired; ``nas.stats.paired_difference``):
 
 - ``versus(per_image, winner, baseline)``: the winner minus the best random candidate on the validation split,
@@ -37,7 +37,7 @@ from nas.search.history import Candidate
 from nas.stats import paired_difference
 
 if TYPE_CHECKING:
-    from nas.search.evaluator import PerImage
+    from nas.supernet.scoring import PerImage
 
 PerImageFn = Callable[[Arch], "PerImage"]
 SKIP_SE = 3.0         # candidates further above the winner's loss than this many paired standard errors are skipped

@@ -62,19 +62,19 @@ from nas.search.recipe import SearchRecipe, load_search_recipe
 from nas.search.report import summary, table  # noqa: F401 - the job's report; ``table`` is what the CLI prints
 from nas.space import SearchSpace, load_space
 
-RUN_FORMAT = "nas-search-run/1"
+SEARCH_RUN_FORMAT = "nas-search-run/1"
 
 
 # --- the evaluator interface (one place) --------------------------------------------------------------
 def open_supernet(run_dir: Path) -> Any:
     """A trained supernet run: ``.space`` (the space it was trained on), ``.supernet``, ``.recipe``, and
     ``.splits()``, the data it was trained with (``search`` and ``val`` are what candidates are scored on)."""
-    from nas.train.rundir import load_supernet_run
+    from nas.supernet.run import load_supernet_run
     return load_supernet_run(run_dir)
 
 
 def make_evaluator(supernet: Any, splits: Any, split: str, batch_size: int) -> Evaluate:
-    from nas.search.evaluator import Evaluator
+    from nas.supernet.scoring import Evaluator
     return Evaluator(supernet, splits, split, batch_size=batch_size)
 
 
@@ -170,7 +170,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
     run = Path(out) if out is not None else default_out(target, bud, srec.searcher, seed)
     from nas.train.rundir import RunLock, check_run_json
     with RunLock(run, activity="searching"), ExitStack() as cluster:
-        info = {"format": RUN_FORMAT, "space_hash": target.hash, "budget": bud.to_dict(), "searcher": srec.searcher,
+        info = {"format": SEARCH_RUN_FORMAT, "space_hash": target.hash, "budget": bud.to_dict(), "searcher": srec.searcher,
                 "search_recipe": srec.hash(), "train": p.train_id, "seed": seed,
                 "space": {"name": target.name, "file": p.space_file}, "search_recipe_file": srec.file,
                 "storage": storage}
