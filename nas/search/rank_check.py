@@ -118,7 +118,6 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     standalone trainings at once, each in a process of its own (on one GPU, or on a CPU's cores)."""
     from nas.space import save_arch
     from nas.supernet.run import load_supernet_run
-    from nas.supernet.scoring import Evaluator
     from nas.train.recipe import load_recipe
     from nas.train.retrain import retrain
 
@@ -153,7 +152,7 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     pending = [j for j in jobs if not (j[2] / "metrics.json").exists()]
     if workers > 1 and len(pending) > 1:
         _train_in_parallel(pending, run.data, workers)
-    ev = Evaluator(run.supernet, run.splits(), "val")
+    ev = run.evaluator("val")
     rows = []
     for i, arch in enumerate(archs):
         e = ev(arch)

@@ -19,7 +19,7 @@ Order of work (cheap checks first, so bad input fails in well under a second, be
    ``nas.search.report``: the winner minus the baseline on the validation images with its CI, and the cheapest
    candidate whose search loss is within noise of the winner's;
 7. exports (``nas.export``): best.yaml and weights, ``--top K`` more, pareto.csv (the front of search loss
-   against MACs), summary.json; the pictures (``nas.viz``): pareto.png, best_so_far.png, both of the search
+   against MACs), summary.json; the pictures (``nas.search.plots``): pareto.png, best_so_far.png, both of the search
    loss, the key the search ranks by.
 
 Run directory ``<out>/`` (default ``runs/<space>-search-<budget>-<searcher>-s<seed>``)::
@@ -254,7 +254,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         result.seconds = time.perf_counter() - t0
         from nas.export import write_json
         result.files.append(write_json(summary(result), run / "summary.json"))
-        from nas.viz import visualize_search
+        from nas.search.plots import visualize_search
         result.files += visualize_search(run, out=run)  # pareto.png, best_so_far.png (reads summary.json)
         log(table(result))
     return result
@@ -469,7 +469,7 @@ def _compare(r: SearchResult, pm: ProxyMap, bud: Budget, evaluate: Evaluate, val
 def _export(res: SearchResult, pm: ProxyMap, sr: Any, top: int, srec: SearchRecipe, seed: int,
             overrides: dict[str, Any]) -> list[Path]:
     from nas.export import export_arch, write_pareto_csv
-    from nas.viz import pareto_front
+    from nas.search.plots import pareto_front
 
     run, target, bud = res.run_dir, res.space, res.budget
     ranked = sorted((c for c in res.candidates if c.feasible), key=rank_key)

@@ -2,7 +2,8 @@
 
 The directory is the one ``nas train-supernet`` writes (``nas.train.rundir``: run.json, space.yaml, recipe.yaml,
 supernet.safetensors). ``SupernetRun`` holds the resolved space, the recipe, the data spec and the supernet with
-its final weights. ``SupernetRun.scored(arch, split)`` is "the scored model of this arch on this split": the arch
+its final weights. ``SupernetRun.evaluator(split)`` scores many archs of the trained space on one split (the rank
+check); ``SupernetRun.scored(arch, split)`` is "the scored model of this arch on this split": the arch
 mapped to the trained space (``proxy_arch``), an ``Evaluator`` over the split (``nas.supernet.scoring``) and its
 model (the supernet path bound to the arch, or an extracted copy with BatchNorm recalibrated). ``nas eval``
 (``evaluate_arch``), ``nas flops --supernet`` (``measure_inherited``) and ``nas viz --supernet`` go through it.
@@ -100,15 +101,21 @@ class SupernetRun:
                                    key="data.sha256")
         return splits
 
+    def evaluator(self, split: str, data: str | None = None, val_images: int | None = None,
+                  batch_size: int = 256) -> "Evaluator":
+        """An ``Evaluator`` of this run's supernet on ``split`` of ``data`` (``splits``), for scoring many archs of
+        the trained space on the same images."""
+        from nas.supernet.scoring import Evaluator
+
+        return Evaluator(self.supernet, self.splits(data, val_images), split, batch_size=batch_size)
+
     @contextmanager
     def scored(self, arch: Arch, split: str, data: str | None = None, val_images: int | None = None,
                batch_size: int = 256) -> Iterator["Scored"]:
         """The scored model of ``arch`` (of the trained space or of the space as written) on ``split`` of ``data``
         (default: the data it was trained on; ``val_images`` caps the val split), with this run's weights."""
-        from nas.supernet.scoring import Evaluator
-
         proxy = self.proxy_arch(arch)
-        ev = Evaluator(self.supernet, self.splits(data, val_images), split, batch_size=batch_size)
+        ev = self.evaluator(split, data, val_images, batch_size)
         t0 = time.perf_counter()
         with ev.model(proxy) as model:
             yield Scored(proxy, model, ev, t0)
