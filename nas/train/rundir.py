@@ -172,7 +172,8 @@ def _missing_key(old: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (), fix: str = "use another --out") -> dict[str, Any]:
+def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (),
+                  fix: str = "use another --out") -> dict[str, Any]:
     """``<run>/run.json`` (it exists) checked to be a ``fmt`` run file with every key of ``keys`` (dotted paths, a
     ``.file`` may be null); anything else is one ``NasError`` naming the file and ending with ``fix``."""
     meta = run / "run.json"
@@ -182,7 +183,8 @@ def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (), fix: str = "u
         raise NasError(f"not a {fmt} run file (unreadable: {getattr(e, 'strerror', None) or e}); {fix}",
                        file=str(meta)) from None
     if not isinstance(info, dict) or info.get("format") != fmt:
-        was = f" (it is a {info['format']} run)" if isinstance(info, dict) and isinstance(info.get("format"), str) else ""
+        other = info.get("format") if isinstance(info, dict) else None
+        was = f" (it is a {other} run)" if isinstance(other, str) else ""
         raise NasError(f"not a {fmt} run file{was}; {fix}", file=str(meta))
     missing = _missing_key(info, keys)
     if missing:
