@@ -6,7 +6,7 @@ The setting is the main job's: ``spaces/psvit_tiny.yaml`` at the CPU recipe's pr
 (``recipes/cpu_supernet.yaml``: 32x32, patch 8, narrow widths) and its search split of the built-in MNIST
 data (half of the training images held out). The supernet keeps its seeded initial weights:
 how fast an arch is scored does not depend on what the weights are. Candidates are random archs of the space
-as written, mapped to the proxy, scored exactly as ``nas search`` scores them (``nas.search.Evaluator``).
+as written, mapped to the proxy, scored exactly as ``nas search`` scores them (``nas.supernet.scoring.Evaluator``).
 
 The ``in-process`` row is the local search (one ``Evaluator`` in this process); the others are
 ``nas.distributed.evaluation.ActorEvaluators`` on a local Ray instance (``ray_cluster('local')``, with one
@@ -42,7 +42,7 @@ def main() -> None:
     from nas.data import load_data
     from nas.distributed import ray_cluster
     from nas.distributed.evaluation import ActorEvaluators
-    from nas.search.evaluator import Evaluator
+    from nas.supernet.scoring import Evaluator
     from nas.space import load_space
     from nas.space.proxy import to_proxy
     from nas.supernet import Supernet

@@ -47,7 +47,7 @@ The protocol (every interval and test from ``nas.stats``):
 
 The searchers are the real ones (``nas.search.evolution``, ``nas.search.optuna_search``,
 ``nas.search.random_search``) behind the real ``Objective`` (budget checked on the target arch, target -> proxy
-mapping); only the evaluator is wrapped: ``nas.search.evaluator.Evaluator`` behind a shared on-disk cache
+mapping); only the evaluator is wrapped: ``nas.supernet.scoring.Evaluator`` behind a shared on-disk cache
 (SQLite, WAL) keyed by split and proxy arch hash. Scores are deterministic for a fixed supernet and split, so an
 arch that several searchers or seeds propose is evaluated once, worker processes share the file, and an
 interrupted benchmark resumes (a run without its ``result.json`` is replayed from its seed: every evaluation
@@ -117,7 +117,7 @@ class EvalCache:
                            f"now {fingerprint}); use another --out")
 
     def get(self, split: str, arch_hash: str):
-        from nas.search.evaluator import Evaluation
+        from nas.supernet.scoring import Evaluation
 
         row = self.db.execute("SELECT score, loss, macs, macs_mean, params, seconds FROM evals WHERE split = ? AND "
                               "arch_hash = ?", (split, arch_hash)).fetchone()
@@ -181,10 +181,10 @@ def _init_worker(supernet_dir: str, space_file: str, device: str, threads: int, 
     """Load the supernet and the evaluators once per worker process."""
     import torch
 
-    from nas.search.evaluator import Evaluator
     from nas.search.proxy import ProxyMap
     from nas.space import load_space
-    from nas.train.rundir import load_supernet_run
+    from nas.supernet.run import load_supernet_run
+    from nas.supernet.scoring import Evaluator
 
     if device == "cpu":
         torch.set_num_threads(threads)

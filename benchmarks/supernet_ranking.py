@@ -6,7 +6,7 @@
 1. Trains (or, when ``--out`` already holds the finished run, reuses) a supernet of ``spaces/psvit_tiny.yaml``
    with the recipe on the built-in data.
 2. Draws ``-n`` random archs of the space as written and maps each to the recipe's proxy (``nas.space.proxy``).
-3. Scores each with inherited weights (``nas.search.Evaluator.per_image``) on ``val`` (the inherited
+3. Scores each with inherited weights (``nas.supernet.scoring.Evaluator.per_image``) on ``val`` (the inherited
    accuracy) and on every image of the ``search`` split.
 4. Prints the mean / min / max inherited val top-1; the Spearman rank correlation between the rankings of the
    subnets on two disjoint halves of the search split, for top-1, for the loss and for the search's ranking
@@ -34,12 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.arch import Arch  # noqa: E402
-from nas.search import Evaluator  # noqa: E402
-from nas.search.evaluator import evaluation  # noqa: E402
 from nas.space import load_space  # noqa: E402
 from nas.space.proxy import to_proxy  # noqa: E402
+from nas.supernet.run import load_supernet_run  # noqa: E402
+from nas.supernet.scoring import Evaluator, evaluation  # noqa: E402
 from nas.train import load_recipe, train_supernet  # noqa: E402
-from nas.train.rundir import load_supernet_run  # noqa: E402
 
 
 def fixed_overrides(arch: Arch) -> dict:

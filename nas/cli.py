@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from nas import __version__
@@ -119,7 +120,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
         if obj.data_dependent:
             info.update(macs_min=c.macs_min, macs_max=c.macs_max)
         if args.supernet:
-            from nas.search.evaluator import measure_inherited
+            from nas.supernet.run import measure_inherited
             info.update(measure_inherited(args.supernet, obj, args.data, images=args.images))
         elif args.data:
             from nas.measure import measure_arch
@@ -141,7 +142,7 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from nas.cost import cost
-    from nas.search.evaluator import evaluate_arch
+    from nas.supernet.run import evaluate_arch
     from nas.space import load_arch
     arch = load_arch(args.arch)
     scored, e, images = evaluate_arch(args.supernet, arch, args.split, args.data, args.batch_size)
@@ -217,8 +218,16 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
-    from nas.viz import viz
-    for path in viz(args.target, args.out, args.data, args.images, args.weights, args.supernet, args.seed):
+    if Path(args.target).is_dir():  # a search run directory: the search's pictures
+        if args.data or args.weights or args.supernet:
+            raise NasError("--data, --weights and --supernet picture an arch; a search run directory takes --out "
+                           "only", file=args.target)
+        from nas.search.plots import visualize_search
+        paths = visualize_search(args.target, args.out)
+    else:
+        from nas.viz import viz
+        paths = viz(args.target, args.out, args.data, args.images, args.weights, args.supernet, args.seed)
+    for path in paths:
         print(path)
 
 

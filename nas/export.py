@@ -6,7 +6,7 @@ scale and, when the supernet was trained on a proxy, the proxy's overrides. Inhe
 space the supernet was trained on: ``best.safetensors`` when that is the target itself, else
 ``best.proxy.yaml`` (the proxy arch the weights fit) and ``best.proxy.safetensors``. Weights are
 ``supernet.extract(arch).state_dict()``, saved with safetensors (no pickles), atomically. ``pareto.csv`` lists
-the front; ``nas.viz.visualize_search`` draws it (``pareto.png``) and the best-so-far curve.
+the front; ``nas.search.plots.visualize_search`` draws it (``pareto.png``) and the best-so-far curve.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def export_arch(folder: Path, stem: str, target_arch: Arch, proxy_arch: Arch | N
     return out
 
 
-# --- Pareto front (computed and pictured by nas.viz) ---------------------------------------------------
+# --- Pareto front (computed and pictured by nas.search.plots) --------------------------------------------
 def write_pareto_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(PARETO_COLUMNS), lineterminator="\n", extrasaction="ignore")

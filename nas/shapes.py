@@ -28,6 +28,9 @@ STAGE1_WIDTH = 256
 """Output width of ResNet-50's first-stage blocks; PS-ViT's first bottleneck outputs ``min(C, STAGE1_WIDTH)``."""
 REUSE_RATIO = 4
 """CF-ViT: hidden width of the feature-reuse MLP, in multiples of the token width C."""
+WARMUP_FRACTION = 2 / 3
+"""CF-ViT: share of training with all fine tokens (paper, Implementation Details: 200 of 300 epochs); here, not in
+``nas.models.coarse_fine``, so that the torch-free recipe (``nas.train.recipe``) defaults to it."""
 MIN_TOKENS = 8
 """ATS: the paper's floor on K_n in the ratio rule K_n = max(round(rho * N_in), 8)."""
 

@@ -1,11 +1,14 @@
-"""Import structure: the cost model and the space DSL load without torch, and no module of ``nas`` is in an
-import circle (function-level lazy imports count as edges: a circle is a circle whenever it closes)."""
+"""Import structure: the cost model and the space DSL load without torch, no module of ``nas`` is in an import
+circle (function-level lazy imports count as edges: a circle is a circle whenever it closes), and no module
+imports one of a higher layer (``LAYERS``)."""
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nas"
@@ -92,3 +95,66 @@ def test_cost_imports_no_model():
     graph = import_graph()
     for mod in ("nas.cost", "nas.shapes", "nas.arch"):
         assert not {m for m in graph[mod] if m.startswith("nas.models")}, mod
+
+
+# --- layers: a module imports only modules of its own layer or below ------------------------------------------
+LAYERS: list[tuple[str, ...]] = [
+    ("nas.errors", "nas.atomic", "nas.limits", "nas.stats"),
+    # torch-free descriptions and configs: archs, shapes, cost, spaces, recipes, run-directory metadata
+    ("nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir"),
+    ("nas.models", "nas.weights", "nas.data", "nas.measure"),
+    ("nas.supernet",),
+    ("nas.train",),
+    ("nas.export", "nas.viz"),
+    ("nas.search",),
+    ("nas.distributed",),
+    ("nas.cli", "nas"),
+]
+"""Bottom to top. A module is in the layer of the longest name above that is it or a package holding it."""
+
+
+def layer(mod: str) -> int:
+    """The index in ``LAYERS`` of ``mod`` (longest matching prefix wins: ``nas.train.recipe`` before ``nas.train``)."""
+    best, depth = None, -1
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            inside = mod.startswith(name + ".") and name != "nas"  # "nas" is the package's __init__ only
+            if (mod == name or inside) and name.count(".") > depth:
+                best, depth = i, name.count(".")
+    assert best is not None, f"{mod} has no layer: add it to LAYERS"
+    return best
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge from a module to a module of a higher layer, as 'a -> b'."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) > layer(a))
+
+
+def test_layers_are_kept_apart():
+    assert upward_imports(import_graph()) == []
+
+
+def test_search_does_not_import_distributed():
+    """Execution is passed to the search (``nas.search.backend``); Ray's backend lives above it."""
+    graph = import_graph()
+    assert sorted(f"{a} -> {b}" for a, t in graph.items() if a.startswith("nas.search")
+                  for b in t if b.startswith("nas.distributed")) == []
+
+
+def test_viz_does_not_import_search():
+    assert not {m for m in import_graph()["nas.viz"] if m.startswith("nas.search")}
+
+
+def test_supernet_imports_no_job():
+    """``nas.supernet`` (the supernet, its runs, scoring) is used by the jobs, never the other way round."""
+    graph = import_graph()
+    jobs = ("nas.search", "nas.viz", "nas.distributed", "nas.cli")
+    assert sorted(f"{a} -> {b}" for a, t in graph.items() if a.startswith("nas.supernet")
+                  for b in t if b.startswith(jobs)) == []
+
+
+def test_the_layer_check_finds_upward_imports():
+    assert layer("nas.train.recipe") < layer("nas.models") < layer("nas.train.loop") < layer("nas.search.runner")
+    assert upward_imports({"nas.models.vit": {"nas.train.loop", "nas.arch"}}) == ["nas.models.vit -> nas.train.loop"]
+    with pytest.raises(AssertionError, match="no layer"):
+        layer("nas.newmodule")

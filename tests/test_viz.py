@@ -1,5 +1,6 @@
-"""``nas viz``: valid PNGs for each mechanism and for a search run, and pictures that show the model's own
-decisions (sampling points, kept tokens, re-split regions) rather than a recomputation of them."""
+"""``nas viz``: valid PNGs for each mechanism (``nas.viz``) and for a search run (``nas.search.plots``), and
+pictures that show the model's own decisions (sampling points, kept tokens, re-split regions) rather than a
+recomputation of them."""
 from __future__ import annotations
 
 import math
@@ -11,19 +12,11 @@ import torch
 from nas.arch import ATS, Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer, Stage
 from nas.cli import main
 from nas.models import build_model
+from nas.search.history import Candidate, History, read_history
+from nas.search.plots import best_so_far, pareto_front, ranking_column, search_plot
 from nas.shapes import feature_size
 from nas.space import save_arch
-from nas.viz import (
-    best_so_far,
-    coarse_fine_regions,
-    kept_tokens,
-    pareto_front,
-    ranking_column,
-    read_history,
-    sampling_points,
-    search_plot,
-    token_footprints,
-)
+from nas.viz import coarse_fine_regions, kept_tokens, sampling_points, token_footprints
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -197,7 +190,6 @@ def test_cf_regions_of_exited_images_are_empty():
 
 
 # --- search runs ------------------------------------------------------------------------------------------------
-COLUMNS = "arch_hash,generation_or_trial,score,loss,objective,macs,params,macs_mean,target_macs,target_params,feasible"
 ROWS = [  # target MACs, top-1, loss, in budget: top-1 and loss disagree, so a picture on top-1 differs
     (1000, 0.50, 1.20, 1),
     (2000, 0.70, 1.00, 1),
@@ -211,15 +203,29 @@ LOSS_FRONT = [H[0], H[5], H[3]]   # (1000, 1.2), (1500, 0.9), (3000, 0.85)
 TOP1_FRONT = [H[0], H[5], H[4]]   # (1000, 0.5), (1500, 0.75), (2500, 0.8)
 
 
-def write_run(run: Path, torn: bool = False, loss: bool = True, winner: str | None = H[3]) -> None:
-    """A search run directory: history.csv (with or without the loss and objective columns), run.json with a
-    budget of 3000 MACs, summary.json naming ``winner`` (none if None)."""
+def candidate(i: int, target_macs: int, top1: float, loss: float, feasible: int, step: int = 0,
+              macs_mean: int | None = None) -> Candidate:
+    """The history row of the i-th evaluation; a nan ``loss`` is an evaluator without one (its objective: top-1)."""
+    return Candidate(f"{i:016x}", step, top1, loss, top1 if math.isnan(loss) else -loss, target_macs // 10,
+                     target_macs // 100, macs_mean, target_macs, target_macs // 10, bool(feasible), 0.0, (i,))
+
+
+def write_history(run: Path, rows: list[Candidate], tail: str = "") -> None:
+    """``run/history.csv`` written as a search writes it (``History``), then ``tail`` appended raw."""
     run.mkdir()
-    lines = [COLUMNS] + [f"{H[i]},0,{s},{l},{-l},{m // 10},{m // 100},,{m},{m // 10},{f}"
-                         for i, (m, s, l, f) in enumerate(ROWS)]
-    if not loss:
-        lines = [",".join(v for j, v in enumerate(line.split(",")) if j not in (3, 4)) for line in lines]
-    (run / "history.csv").write_text("\n".join(lines) + "\n" + ("ffffffffffffffff,2,0.99,0.1,-0.1,9" if torn else ""))
+    history = History(run / "history.csv")
+    for c in rows:
+        history.append(c)
+    history.close()
+    with open(run / "history.csv", "a", encoding="utf-8") as f:
+        f.write(tail)
+
+
+def write_run(run: Path, torn: bool = False, loss: bool = True, winner: str | None = H[3]) -> None:
+    """A search run directory: history.csv (with losses, or all nan without ``loss``), run.json with a budget of
+    3000 MACs, summary.json naming ``winner`` (none if None)."""
+    write_history(run, [candidate(i, m, s, l if loss else math.nan, f) for i, (m, s, l, f) in enumerate(ROWS)],
+                  "ffffffffffffffff,2,0.99,0.1,-0.1,9" if torn else "")
     (run / "run.json").write_text('{"budget": {"macs": [0, 3000], "params": null, "on": "worst"}}')
     if winner is not None:
         (run / "summary.json").write_text(f'{{"best": {{"arch_hash": "{winner}"}}, "budget_text": "MACs <= 3000"}}')
@@ -274,7 +280,7 @@ def test_search_plot_winner_without_summary_is_the_searchs_choice(tmp_path):
 def test_search_plot_without_a_loss_column_falls_back_to_top1(tmp_path):
     write_run(tmp_path / "run", loss=False, winner=None)
     rows = read_history(tmp_path / "run" / "history.csv")
-    assert "loss" not in rows[0] and ranking_column(rows) == "score"
+    assert math.isnan(rows[0].loss) and ranking_column(rows) == "score"
     plot = search_plot(tmp_path / "run")
     assert plot.column == "score" and not plot.lower_is_better
     assert [p.arch_hash for p in plot.front] == TOP1_FRONT and plot.winner.arch_hash == H[4]
@@ -291,15 +297,14 @@ def test_winner_is_on_the_loss_front_of_a_long_run(tmp_path, on):
     budget, and is the last best so far; a mean budget places points by macs_mean."""
     gen = torch.Generator().manual_seed(1)
     run = tmp_path / "run"
-    run.mkdir()
-    lines, budget = [COLUMNS], 1.3e9
+    rows, budget = [], 1.3e9
     for i in range(200):
         m, mean = (int(lo + 0.6e9 * float(torch.rand(1, generator=gen))) for lo in (0.9e9, 0.8e9))
         loss = 0.35 - 0.06 * (m - 0.9e9) / 0.6e9 + 0.02 * float(torch.randn(1, generator=gen))
         top1 = 0.94 - 0.2 * (loss - 0.26) + 0.003 * float(torch.randn(1, generator=gen))
         ok = int((mean if on == "mean" else m) <= budget)
-        lines.append(f"{i:016x},{i // 25},{top1!r},{loss!r},{-loss!r},{m},1,{mean if on == 'mean' else ''},{m},1,{ok}")
-    (run / "history.csv").write_text("\n".join(lines) + "\n")
+        rows.append(candidate(i, m, top1, loss, ok, i // 25, mean if on == "mean" else None))
+    write_history(run, rows)
     (run / "run.json").write_text(f'{{"budget": {{"macs": [null, {int(budget)}], "on": "{on}"}}}}')
     plot = search_plot(run)
     feas = [p for p in plot.points if p.feasible]
@@ -309,8 +314,7 @@ def test_winner_is_on_the_loss_front_of_a_long_run(tmp_path, on):
     assert set(plot.front) == {feas[i] for i in brute_front([(p.macs, p.value) for p in feas])}
     assert best_so_far(read_history(run / "history.csv"))[-1] == winner.row
     assert plot.best_value[-1] == winner.value and plot.best_score[-1] == winner.score
-    want = [float(line.split(",")[7 if on == "mean" else 8]) for line in lines[1:]]
-    assert [p.macs for p in plot.points] == want
+    assert [p.macs for p in plot.points] == [c.macs_mean if on == "mean" else c.target_macs for c in rows]
 
 
 def test_viz_of_a_search_run(tmp_path, capsys):
@@ -323,16 +327,18 @@ def test_viz_of_a_search_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["viz", str(tmp_path / "empty")]) == 2
     assert "no history.csv" in capsys.readouterr().err
+    assert main(["viz", str(tmp_path / "run"), "--data", "synthetic:40"]) == 2
+    assert "a search run directory takes --out only" in capsys.readouterr().err
 
 
-def test_search_history_read_by_column_name(tmp_path):
-    """A history with fewer, reordered columns (no loss, no feasible, no target_macs) still plots."""
+def test_search_points_skip_a_non_finite_ranking_value(tmp_path):
+    """A history without losses is ranked by top-1; a candidate whose top-1 is nan is no point, and it still plots."""
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "history.csv").write_text("score,macs,arch_hash\n0.3,5,a\n0.6,7,b\nnan,9,c\n")
+    write_history(run, [candidate(0, 5, 0.3, math.nan, 1), candidate(1, 7, 0.6, math.nan, 1),
+                        candidate(2, 9, math.nan, math.nan, 1)])
     rows = read_history(run / "history.csv")
-    assert best_so_far(rows, "score") == [0, 1, 1] and math.isnan(float(rows[2]["score"]))
-    assert [p.arch_hash for p in search_plot(run).points] == ["a", "b"]    # nan is no candidate
+    assert best_so_far(rows, "score") == [0, 1, 1] and math.isnan(rows[2].score)
+    assert [p.arch_hash for p in search_plot(run).points] == [f"{i:016x}" for i in (0, 1)]   # nan is no candidate
     assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
     check_png(tmp_path / "o" / "pareto.png")
 

@@ -11,7 +11,7 @@ or, below the search's backend interface (``nas.search.backend``)::
 What travels, and how often:
 
 - the supernet's weights (its ``state_dict``) and the scored splits (the ``search`` and ``val`` batches as
-  tensors, ``nas.search.evaluator.Preloaded``) are put in Ray's object store once (``ray.put``) and handed to
+  tensors, ``nas.supernet.scoring.Preloaded``) are put in Ray's object store once (``ray.put``) and handed to
   each actor by reference; an actor builds the supernet from its space, loads the weights and keeps both
   splits for the whole search;
 - per candidate only the (proxy) arch goes out and its ``Evaluation`` comes back.
@@ -57,7 +57,7 @@ from nas.arch import Arch
 from nas.distributed.cluster import check_address, ray_cluster
 from nas.errors import NasError
 from nas.search.backend import Log, Scoring, Trained
-from nas.search.evaluator import Evaluation, Evaluator, Preloaded
+from nas.supernet.scoring import Evaluation, Evaluator, Preloaded
 from nas.space import SearchSpace
 
 KILL_HOOK = "NAS_TEST_KILL_ACTOR"

@@ -14,7 +14,7 @@ each runs the toolkit's own ``Trainer`` (``nas.train.loop``) as one data-paralle
 - Rank ``r`` of ``N`` trains on its shard of every global batch (``batch_size`` of the recipe is the global batch:
   each rank gets ``batch_size / N`` images, the union of the ranks' k-th batches is the k-th batch of a
   single-process run, an epoch has ``len(train) // batch_size`` steps for any ``N``).
-- ``DistributedDataParallel`` wraps the step's whole forward (``Trainer.objective``) with
+- ``DistributedDataParallel`` wraps the step's whole forward (``Trainer.training_loss``) with
   ``find_unused_parameters=True``: a SPOS path leaves tensors unused. The arch of step ``t`` is a pure function of
   ``(seed, t)`` (``nas.train.sampler``), so every rank runs the same path and gradients are averaged over ranks
   that ran it; a tensor off the path is unused on every rank, and DDP leaves the gradient of a tensor unused on
@@ -203,7 +203,7 @@ def _worker(config: dict[str, Any]) -> Any:
             ck.load_latest(job.run / "checkpoints")  # leftovers of a killed writer removed by one rank only
         dist.barrier()
         trainer = job.make(replicas=(rank, world), device=device)
-        trainer.objective = DistributedDataParallel(trainer.objective, find_unused_parameters=True)
+        trainer.training_loss = DistributedDataParallel(trainer.training_loss, find_unused_parameters=True)
         trainer.reduce = _mean_over_ranks
         trainer.on_checkpoint = functools.partial(_check_replicas, trainer)
         return train_job(job.run, spec, config["existing"], trainer, job.finish)

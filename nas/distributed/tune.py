@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nas.errors import NasError
-from nas.search.evaluator import Evaluation
+from nas.supernet.scoring import Evaluation
 from nas.search.history import Candidate
 from nas.search.objective import Objective
 from nas.search.optuna_search import (Nsga2Cfg, Settings, constrain, make_sampler, open_study, rejection,

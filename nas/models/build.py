@@ -4,9 +4,10 @@ from __future__ import annotations
 from torch import nn
 
 from nas.arch import Arch, CoarseFineTokenizer
-from nas.models.coarse_fine import WARMUP_FRACTION, CoarseFineViT
+from nas.models.coarse_fine import CoarseFineViT
 from nas.models.vit import VisionTransformer
 from nas.models.zoo import get_arch
+from nas.shapes import WARMUP_FRACTION
 
 
 def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: float | None = None) -> nn.Module:
@@ -14,7 +15,7 @@ def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: fl
 
     Training options (neither changes the weights nor an eval-mode forward): ``drop_path``, the stochastic depth
     of the last layer (linear over depth); ``coarse_fine_warmup``, the share of training a CF-ViT trains its
-    fine pass on all fine tokens (None: the paper's, ``nas.models.coarse_fine.WARMUP_FRACTION``).
+    fine pass on all fine tokens (None: the paper's, ``nas.shapes.WARMUP_FRACTION``).
     """
     if isinstance(arch, str):
         arch = get_arch(arch)

@@ -83,7 +83,7 @@ from nas.models.vit import (
     run_cells,
     tokenizer_no_weight_decay,
 )
-from nas.shapes import REUSE_RATIO, check_arch, check_coarse_fine, num_regions
+from nas.shapes import REUSE_RATIO, WARMUP_FRACTION, check_arch, check_coarse_fine, num_regions
 
 __all__ = [
     "GCA_BETA",
@@ -92,7 +92,6 @@ __all__ = [
     "CoarseFineViT",
     "CoarseOut",
     "FeatureReuse",
-    "WARMUP_FRACTION",
     "coarse_fine_loss",
     "region_fine_index",
     "select_regions",
@@ -100,7 +99,6 @@ __all__ = [
 
 GCA_START = 3      # first layer (0-based) of the global class attention (the paper's "4-th encoder")
 GCA_BETA = 0.99    # EMA decay of the global class attention (paper Eq. 9)
-WARMUP_FRACTION = 2 / 3  # share of training with all fine tokens (paper, Implementation Details: 200 of 300 epochs)
 
 
 # --- region selection ------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class Local:
 
     def start(self, space: SearchSpace, supernet: Trained | None, batch_size: int, stack: ExitStack,
               log: Log) -> Scoring:
-        from nas.search.evaluator import Evaluator
+        from nas.supernet.scoring import Evaluator
 
         assert supernet is not None  # needs_supernet
         evaluators = {s: Evaluator(supernet.supernet, supernet.splits, s, batch_size=batch_size)

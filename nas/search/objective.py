@@ -4,7 +4,7 @@
 any evaluation), the target -> proxy mapping, the evaluator (inherited supernet weights on the search split),
 the history file (durable, and the cache a resumed run replays from) and a progress bar.
 
-``Evaluation`` and ``Evaluator`` are the evaluator's interface (``nas.search.evaluator``); searchers and tests
+``Evaluation`` and ``Evaluator`` are the evaluator's interface (``nas.supernet.scoring``); searchers and tests
 may pass any callable ``Arch -> Evaluation`` (tests use a fast deterministic fake).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from nas.space import SearchSpace
 
 
 class EvaluationLike(Protocol):
-    """What an evaluator returns for one (proxy) arch (``nas.search.evaluator.Evaluation``). Searchers maximise
+    """What an evaluator returns for one (proxy) arch (``nas.supernet.scoring.Evaluation``). Searchers maximise
     its ``objective`` attribute when it has one, else ``score``."""
     arch_hash: str
     score: float

@@ -3,7 +3,7 @@
 ``rank_check(supernet_run, n, out)`` takes n archs of the supernet's space spread evenly over its MACs range
 (one per equal-width MACs bin, ``FlopsBinSampler.sample_bin``), trains each alone from scratch with the shared
 loop (``nas.train.retrain``, one resumable run directory per arch under ``out``), scores each with inherited
-supernet weights (``nas.search.evaluator.Evaluator``) on the same split the standalone model is scored on
+supernet weights (``nas.supernet.scoring.Evaluator``) on the same split the standalone model is scored on
 (``val``), and reports the Kendall tau-b and Spearman rho (``scipy.stats``) between the two rankings, for top-1
 and for the loss. Writes ``out/rank_check.csv``, ``out/rank_check.json`` and ``out/rank_check.png``.
 
@@ -116,11 +116,10 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     correlations (and write CSV/JSON/PNG under ``out``; default ``<supernet_run>/../rank-check``). ``band``
     ("LO:HI", MACs of the space as written) draws the archs inside one MACs band. ``workers`` > 1 runs that many
     standalone trainings at once, each in a process of its own (on one GPU, or on a CPU's cores)."""
-    from nas.search.evaluator import Evaluator
     from nas.space import save_arch
+    from nas.supernet.run import load_supernet_run
     from nas.train.recipe import load_recipe
     from nas.train.retrain import retrain
-    from nas.train.rundir import load_supernet_run
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 3:
         raise NasError(f"-n: expected an integer >= 3 (archs to rank), got {n!r}")
@@ -153,7 +152,7 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     pending = [j for j in jobs if not (j[2] / "metrics.json").exists()]
     if workers > 1 and len(pending) > 1:
         _train_in_parallel(pending, run.data, workers)
-    ev = Evaluator(run.supernet, run.splits(), "val")
+    ev = run.evaluator("val")
     rows = []
     for i, arch in enumerate(archs):
         e = ev(arch)

@@ -9,7 +9,7 @@ below, exports the winner (``nas.export``: best.yaml and its inherited weights, 
 the front of search loss against MACs), writes summary.json, draws the pictures (``nas.search.plots``:
 pareto.png and best_so_far.png, both of the search loss, the key the search ranks by) and logs the table.
 
-Two comparisons are made on the images themselves (``nas.search.evaluator.Evaluator.per_image``: every arch is
+Two comparisons are made on the images themselves (``nas.supernet.scoring.Evaluator.per_image``: every arch is
 scored on the same images in the same order, so differences are paired; ``nas.stats.paired_difference``):
 
 - ``versus(per_image, winner, baseline)``: the winner minus the best random candidate on the validation split,
@@ -49,7 +49,7 @@ from nas.stats import paired_difference
 
 if TYPE_CHECKING:
     from nas.search.backend import Scoring, Trained
-    from nas.search.evaluator import PerImage
+    from nas.supernet.scoring import PerImage
     from nas.search.job import SearchJob
 
 PerImageFn = Callable[[Arch], "PerImage"]
@@ -126,7 +126,7 @@ def report(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", 
                *_export(r, pm, None if supernet is None else supernet.supernet, job.top, job.seed, overrides)]
     r.seconds = time.perf_counter() - t0
     from nas.export import write_json
-    from nas.viz import visualize_search
+    from nas.search.plots import visualize_search
     r.files.append(write_json(summary(r), run_dir / "summary.json"))
     r.files += visualize_search(run_dir, out=run_dir)  # pareto.png, best_so_far.png (reads summary.json)
     log(table(r))
@@ -147,7 +147,7 @@ def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
 def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, overrides: dict[str, Any]) -> list[Path]:
     """best.yaml (+ weights), ``top`` more into ``top/``, and pareto.csv."""
     from nas.export import export_arch, write_pareto_csv
-    from nas.viz import pareto_front
+    from nas.search.plots import pareto_front
 
     run, target, bud = res.run_dir, res.space, res.budget
     ranked = sorted((c for c in res.candidates if c.feasible), key=rank_key)

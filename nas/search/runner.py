@@ -82,7 +82,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
 
 def _supernet(job: SearchJob, run_dir: Path, log: "_Log", progress: bool) -> Trained:
     """The supernet of the job: trained into ``<run>/supernet`` (resumed when it is there), or the given run."""
-    from nas.train.rundir import load_supernet_run
+    from nas.supernet.run import load_supernet_run
 
     sup_dir = job.supernet if job.supernet is not None else run_dir / "supernet"
     if job.supernet is None:

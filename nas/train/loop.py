@@ -133,9 +133,10 @@ class TrainPath(Protocol):
     def stats(self) -> str: ...
 
 
-class Objective(nn.Module):
-    """The forward of one step: ``path.bind(model, arch)`` scored with the arch's own objective. One module, so that
-    ``DistributedDataParallel`` can wrap the whole of it (it must see the forward whose backward it reduces)."""
+class TrainingLoss(nn.Module):
+    """The loss of one training step: ``path.bind(model, arch)`` scored with its model's own training loss
+    (``training_loss``). One module, so that ``DistributedDataParallel`` can wrap the whole of it (it must see the
+    forward whose backward it reduces)."""
 
     def __init__(self, model: nn.Module, path: TrainPath, criterion: nn.Module) -> None:
         super().__init__()
@@ -293,7 +294,7 @@ class Trainer:
             self.criterion = LabelSmoothingCrossEntropy(rc.label_smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
-        self.objective: nn.Module = Objective(self.model, path, self.criterion)  # DDP wraps it (distributed)
+        self.training_loss: nn.Module = TrainingLoss(self.model, path, self.criterion)  # DDP wraps it (distributed)
         self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # mean over ranks (distributed)
         self.state = TrainState()
         self.on_save: Callable[[], None] | None = None  # called once, before the first checkpoint (run commit)
@@ -383,7 +384,7 @@ class Trainer:
             x, target = self.mixup(x, y)
         self.model.train()
         progress = self.state.global_step / (self.recipe.epochs * self.steps_per_epoch)
-        loss, logits = self.objective(x, target, arch, progress)  # logits (B, num_classes)
+        loss, logits = self.training_loss(x, target, arch, progress)  # logits (B, num_classes)
         metrics = torch.stack([loss.detach(), (logits.detach().argmax(-1) == y).float().mean()])  # (2,)
         if self.reduce is not None:
             metrics = self.reduce(metrics)  # the global batch's: every rank checks and logs the same numbers

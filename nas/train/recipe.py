@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nas.errors import NasError
+from nas.shapes import WARMUP_FRACTION
 from nas.space.schema import Reader, boolean, got, integer, number, one_of, text
 from nas.space.yamlnodes import Node, load_nodes
 
@@ -153,14 +154,9 @@ class DataCfg:
     num_workers: int = 0
 
 
-def _paper_warmup() -> float:
-    from nas.models.coarse_fine import WARMUP_FRACTION  # the model owns its paper's schedule
-    return WARMUP_FRACTION
-
-
 @dataclass(frozen=True)
 class CoarseFineCfg:
-    warmup_fraction: float = field(default_factory=_paper_warmup)
+    warmup_fraction: float = WARMUP_FRACTION  # the paper's
 
 
 @dataclass(frozen=True)

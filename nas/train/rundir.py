@@ -16,8 +16,8 @@
                       metrics.json)
     .lock             held (flock) while a process trains here
 
-``load_supernet_run(run)`` reads a finished run back (``SupernetRun``: resolved space, recipe, data spec and the
-supernet with its final weights) for evaluation and search.
+``read_run_json(run, fmt)`` reads run.json back with its format checked, for every job that reads one (a finished
+supernet run is read back by ``nas.supernet.run.load_supernet_run``).
 
 One module serves every job: ``RunSpec`` (run.json plus the resolved files) is all that differs. Re-running on a
 directory compares the format, the subject's hash, the recipe hash and the data split digests with run.json and
@@ -36,23 +36,20 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from nas.arch import Arch
+from nas.atomic import atomic_write
 from nas.errors import NasError
 from nas.limits import check_folder
 from nas.space import SearchSpace
-from nas.train.checkpoint import atomic_write
 from nas.train.recipe import Recipe
 
-if TYPE_CHECKING:
-    from nas.data import DataSplits
-
-RUN_FORMAT = "nas-supernet-run/1"
+SUPERNET_RUN_FORMAT = "nas-supernet-run/1"
 RETRAIN_FORMAT = "nas-retrain-run/1"
 LOG_COLUMNS = ("epoch", "step", "loss", "acc", "lr", "img_per_s", "arch", "macs")
 """``epoch`` 1-based; ``step`` the global optimiser step, 1-based; ``loss``/``acc`` of that step's batch (acc
@@ -138,7 +135,7 @@ def _spec(fmt: str, subject: str, name: str, file: str, hash: str, resolved: str
 def supernet_spec(space: SearchSpace, space_file: str, recipe: Recipe, data_record: dict,
                   overrides: dict[str, Any]) -> RunSpec:
     """The run of a supernet of ``space`` (resolved: recipe overrides and num_classes applied)."""
-    return _spec(RUN_FORMAT, "space", space.name, space_file, space.hash,
+    return _spec(SUPERNET_RUN_FORMAT, "space", space.name, space_file, space.hash,
                  yaml.safe_dump(space.template(), sort_keys=False), recipe, data_record, overrides)
 
 
@@ -154,12 +151,6 @@ def retrain_spec(arch: Arch, arch_file: str, recipe: Recipe, data_record: dict, 
     return spec
 
 
-def run_info(space: SearchSpace, space_file: str, recipe: Recipe, data_record: dict,
-             overrides: dict[str, Any]) -> dict[str, Any]:
-    """run.json of a supernet run (``supernet_spec(...).info``)."""
-    return supernet_spec(space, space_file, recipe, data_record, overrides).info
-
-
 def commit(run: Path, spec: RunSpec) -> None:
     """Write what the run was started with, run.json last (the commit point); nothing if it is committed."""
     meta = run / "run.json"
@@ -170,7 +161,8 @@ def commit(run: Path, spec: RunSpec) -> None:
     atomic_write(meta, json.dumps(spec.info, indent=1))  # last: marks a complete start
 
 
-def _missing_key(old: dict[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> str | None:
+def _missing_key(old: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` (dotted paths) that ``old`` lacks, None if it has all (a ``.file`` may be null)."""
     for key in keys:
         node: Any = old
         for part in key.split("."):
@@ -178,6 +170,27 @@ def _missing_key(old: dict[str, Any], keys: tuple[str, ...] = RUN_KEYS) -> str |
         if node is None and not key.endswith(".file"):  # recipe.file is null for the default recipe
             return key
     return None
+
+
+def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (),
+                  fix: str = "use another --out") -> dict[str, Any]:
+    """``<run>/run.json`` (it exists) checked to be a ``fmt`` run file with every key of ``keys`` (dotted paths, a
+    ``.file`` may be null); anything else is one ``NasError`` naming the file and ending with ``fix``."""
+    meta = run / "run.json"
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise NasError(f"not a {fmt} run file (unreadable: {getattr(e, 'strerror', None) or e}); {fix}",
+                       file=str(meta)) from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        other = info.get("format") if isinstance(info, dict) else None
+        was = f" (it is a {other} run)" if isinstance(other, str) else ""
+        raise NasError(f"not a {fmt} run file{was}; {fix}", file=str(meta))
+    missing = _missing_key(info, keys)
+    if missing:
+        raise NasError(f"run.json has no {missing!r}: not a complete {fmt} run file (edited by hand?); {fix}",
+                       file=str(meta), key=missing)
+    return info
 
 
 def prepare(run: Path, spec: RunSpec, resume: bool, commit_now: bool = True) -> bool:
@@ -192,17 +205,7 @@ def prepare(run: Path, spec: RunSpec, resume: bool, commit_now: bool = True) -> 
         if commit_now:
             commit(run, spec)
         return False
-    try:
-        old = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        old = None
-    if not isinstance(old, dict) or old.get("format") != fmt:
-        was = f" (it is a {old['format']} run)" if isinstance(old, dict) and isinstance(old.get("format"), str) else ""
-        raise NasError(f"not a {fmt} run file{was}; use another --out", file=str(meta))
-    missing = _missing_key(old, spec.required())
-    if missing:
-        raise NasError(f"run.json has no {missing!r}: not a complete {fmt} run file (edited by hand?); "
-                       f"use another --out, or delete the run directory to start over", file=str(meta), key=missing)
+    old = read_run_json(run, fmt, spec.required(), "use another --out, or delete the run directory to start over")
     for what in (spec.subject, "recipe"):
         was, now = old[what]["hash"], info[what]["hash"]
         if was != now:
@@ -244,12 +247,7 @@ def check_run_json(run: Path, info: dict[str, Any], compare: dict[str, str]) -> 
     if not meta.exists():
         atomic_write(meta, json.dumps(info, indent=1))
         return False
-    try:
-        old = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        old = None
-    if not isinstance(old, dict) or old.get("format") != info["format"]:
-        raise NasError(f"not a {info['format']} run file; use another --out", file=str(meta))
+    old = read_run_json(run, info["format"])
     for key, what in compare.items():
         if old.get(key) != info.get(key):
             raise NasError(f"cannot resume: this run was started with another {what} ({json.dumps(old.get(key))}, now "
@@ -284,122 +282,3 @@ class CsvLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-# --- reading a finished run back ----------------------------------------------------------------------
-@dataclass
-class SupernetRun:
-    """A trained supernet run directory, read back: what search and evaluation need from it.
-
-    ``space`` is the resolved space the supernet was trained on (recipe overrides and ``num_classes`` applied,
-    read from ``space.yaml``); ``data`` the data spec recorded in run.json; ``info`` run.json itself.
-    """
-    run_dir: Path
-    space: SearchSpace
-    supernet: Any  # nas.supernet.Supernet, weights loaded from <run>/supernet.safetensors
-    recipe: Recipe
-    data: str
-    info: dict[str, Any] = field(repr=False)
-
-    def target_space(self) -> SearchSpace:
-        """The space as written (before the recipe's overrides), read from the file run.json names."""
-        from nas.space import load_space
-
-        file = self.info["space"]["file"]
-        if not Path(file).exists():
-            raise NasError(f"the space file this supernet was trained from, {file}, is not there (run.json "
-                           f"records it relative to where training ran); run from that folder",
-                           file=str(self.run_dir / "run.json"), key="space.file")
-        return load_space(file)
-
-    def proxy_arch(self, arch: Arch) -> Arch:
-        """``arch`` as an arch of the trained space: itself when it is one, else the arch of the space as written
-        (the target) mapped through ``nas.space.proxy.to_proxy``."""
-        if arch in self.space:
-            return arch
-        from nas.space.proxy import to_proxy
-
-        target = self.target_space()
-        try:
-            target.encode(arch)
-        except ValueError as e:
-            raise NasError(f"the arch is neither in the supernet's space {self.space.name!r} (hash {self.space.hash}) "
-                           f"nor in the space it was derived from ({self.info['space']['file']}): {e}",
-                           file=str(self.run_dir)) from None
-        return to_proxy(arch, target, self.space)
-
-    def splits(self, data: str | None = None, val_images: int | None = None) -> "DataSplits":
-        """The data splits at the trained space's input size, split with the recipe's seed, holdout and limit.
-
-        With the recorded data (``data`` None or equal to it) the train and search splits must be the ones
-        the supernet was trained with (their digests are compared with run.json): a search split that
-        overlapped the training images would score memorisation. ``val_images`` caps the val split.
-        """
-        from nas.data import load_data
-
-        limit = self.recipe.data.limit
-        if val_images is not None:
-            limit = {s: limit for s in ("train", "search", "val")} if not isinstance(limit, dict) else dict(limit)
-            limit["val"] = min(val_images, limit.get("val") or val_images)
-        t = self.space.template()
-        spec = self.data if data is None else data
-        splits = load_data(spec, t["input"]["size"], t["input"]["channels"], seed=self.recipe.seed,
-                           holdout=self.recipe.data.holdout, limit=limit)
-        if splits.num_classes != t["num_classes"]:
-            raise NasError(f"data {spec!r} has {splits.num_classes} classes, the supernet was trained for "
-                           f"{t['num_classes']}", file=str(self.run_dir / "run.json"), key="data.spec")
-        if spec == self.data:
-            digests = splits.split_record()["sha256"]
-            for split in ("train", "search"):
-                if digests[split] != self.info["data"]["sha256"][split]:
-                    raise NasError(f"data {spec!r} now gives another {split} split than the supernet was trained "
-                                   f"with (other images, seed or holdout)", file=str(self.run_dir / "run.json"),
-                                   key="data.sha256")
-        return splits
-
-
-def load_supernet_run(run_dir: str | os.PathLike) -> SupernetRun:
-    """Read a supernet run: its resolved space, recipe, data spec, and the supernet with its final weights."""
-    from nas.space import load_space
-    from nas.train.recipe import load_recipe
-
-    run = Path(run_dir)
-    meta = run / "run.json"
-    if not meta.exists():
-        raise NasError("not a supernet run directory (no run.json); train one with `nas train-supernet SPACE "
-                       "--out DIR`", file=str(run))
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:
-        raise NasError(f"unreadable run.json: {e}", file=str(meta)) from None
-    if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        raise NasError(f"not a {RUN_FORMAT} run file", file=str(meta))
-    missing = _missing_key(info)
-    if missing:
-        raise NasError(f"run.json has no {missing!r}: not a complete {RUN_FORMAT} run file (edited by hand?)",
-                       file=str(meta), key=missing)
-    space = load_space(run / "space.yaml")
-    recipe = load_recipe(run / "recipe.yaml")
-    for what, obj in (("space", space.hash), ("recipe", recipe.hash())):
-        if obj != info[what]["hash"]:
-            raise NasError(f"{what}.yaml has hash {obj}, run.json records {info[what]['hash']}: the run directory "
-                           f"was edited, or written by a version of nas whose {what} format differs; retrain it",
-                           file=str(meta), key=f"{what}.hash")
-    weights = run / "supernet.safetensors"
-    if not weights.exists():
-        raise NasError("no supernet.safetensors: training has not finished; run the same `nas train-supernet` "
-                       "command to resume and finish it", file=str(run))
-    supernet = _load_supernet(space, weights)
-    return SupernetRun(run, space, supernet, recipe, info["data"]["spec"], info)
-
-
-def _load_supernet(space: SearchSpace, weights: Path) -> Any:
-    import torch
-
-    from nas.supernet import Supernet
-    from nas.weights import load_weights
-
-    with torch.random.fork_rng(devices=[]):  # building draws initial values: leave the caller's RNG alone
-        supernet = Supernet(space)
-    load_weights(weights, supernet, what=f"the supernet of space {space.name!r}")
-    return supernet.eval()

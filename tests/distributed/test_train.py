@@ -349,7 +349,7 @@ def _one_ddp_step(rank: int, world: int, port: int, files: dict, out: str) -> No
     try:
         trainer = supernet_job(files["space"], DATA, files["recipe"], Path(out), progress=False).make(
             replicas=(rank, world))
-        trainer.objective = DistributedDataParallel(trainer.objective, find_unused_parameters=True)
+        trainer.training_loss = DistributedDataParallel(trainer.training_loss, find_unused_parameters=True)
         trainer.reduce = _mean_over_ranks
         trainer.loader.set_epoch(0)
         for (x, y), _ in zip(trainer.loader, range(3)):  # three paths: an earlier path's grads must not linger

@@ -16,12 +16,12 @@ from nas.cli import main
 from nas.cost import cost
 from nas.data import load_data
 from nas.errors import NasError
-from nas.search import Evaluation, Evaluator
 from nas.space import load_space, save_arch
 from nas.space.proxy import check_proxy, to_proxy
 from nas.supernet import Supernet, recalibrate_bn
+from nas.supernet.run import load_supernet_run
+from nas.supernet.scoring import Evaluator
 from nas.train import train_supernet
-from nas.train.rundir import load_supernet_run
 from tests.helpers import EVAL_RECIPE, tiny_space
 
 DATA = "synthetic:200:5"  # 16x16 RGB, 5 classes: val 40, search 40 (holdout 0.25), train 120

@@ -48,7 +48,7 @@ from nas.errors import NasError
 from nas.measure import batch_macs
 
 if TYPE_CHECKING:
-    from nas.supernet import Supernet
+    from nas.supernet.supernet import Supernet
 
 SCORED_SPLITS = ("search", "val")
 
@@ -182,7 +182,7 @@ class Evaluator:
     def model(self, arch: Arch) -> Iterator[nn.Module]:
         """``arch`` with inherited weights in eval mode, ready to score: its supernet path, or a recalibrated
         copy when it has BatchNorm."""
-        from nas.supernet import recalibrate_bn
+        from nas.supernet.bn import recalibrate_bn
 
         if self.supernet.training:
             self.supernet.eval()
@@ -195,8 +195,13 @@ class Evaluator:
 
     def per_image(self, arch: Arch) -> PerImage:
         """``arch``'s outcome on every image of the split, in the split's order (not cached)."""
+        with self.model(arch) as model:
+            return self.per_image_of(arch, model)
+
+    def per_image_of(self, arch: Arch, model: nn.Module) -> PerImage:
+        """The outcome on every image of the split of ``model``, ``arch``'s model from ``self.model(arch)``."""
         correct, losses, macs = [], [], []
-        with self.model(arch) as model, torch.inference_mode():
+        with torch.inference_mode():
             for x, y in self.batches():
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 logits = model(x).float()  # (B, num_classes)
@@ -216,36 +221,3 @@ class Evaluator:
         ev = evaluation(arch, out, seconds=time.perf_counter() - t0)
         self.cache[key] = ev
         return ev
-
-
-def evaluate_arch(run_dir: str, arch: Arch, split: str = "search", data: str | None = None,
-                  batch_size: int = 256) -> tuple[Arch, Evaluation, int]:
-    """``nas eval``: score ``arch`` (of the supernet's space or of the space as written) with the weights of
-    the supernet run in ``run_dir`` on ``split`` of ``data`` (default: the data it was trained on).
-    Returns the arch scored (in the supernet's space), its evaluation and the number of images."""
-    from nas.train.rundir import load_supernet_run
-
-    run = load_supernet_run(run_dir)
-    scored = run.proxy_arch(arch)
-    ev = Evaluator(run.supernet, run.splits(data), split, batch_size=batch_size)
-    return scored, ev(scored), ev.num_images
-
-
-def measure_inherited(run_dir: str, arch: Arch, data: str | None = None, images: int = 256,
-                      batch_size: int = 256) -> dict[str, int | str]:
-    """``nas flops --supernet``: executed MACs per image of ``arch`` with the supernet's weights sliced for it
-    (BatchNorm recalibrated), over the first ``images`` images of the val split of ``data``, at the scale of
-    the supernet's space (a target arch is measured as its proxy)."""
-    from nas.measure import measure_cost
-    from nas.train.rundir import load_supernet_run
-
-    run = load_supernet_run(run_dir)
-    scored = run.proxy_arch(arch)
-    ev = Evaluator(run.supernet, run.splits(data, val_images=images), "val", batch_size=batch_size)
-    with ev.model(scored) as model:
-        m = measure_cost(model, ev.batches())
-    out = {"macs_mean": round(m.macs_mean), "macs_worst_seen": m.macs_worst, "macs_best_seen": m.macs_best,
-           "images": m.images}
-    if scored != arch:  # measured on the proxy: say so, with the proxy's own analytic figures
-        out.update(measured_on="proxy", proxy_macs=cost(scored).macs, proxy_params=cost(scored).params)
-    return out
