@@ -273,6 +273,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 # --- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from nas.search.budget import BUDGET_ON
+    from nas.search.searchers import SEARCHERS
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
     p.add_argument("--version", action="version", version=f"nas {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -310,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score an arch with inherited supernet weights (top-1 and loss)")
     e.add_argument("arch", type=path_arg, help="arch file, of the supernet's space or of the space as written (mapped to it)")
     e.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, required=True, help="a finished `nas train-supernet` run")
-    e.add_argument("--split", choices=("search", "val"), default="search", help="held-out split (default search)")
+    e.add_argument("--split", default="search", help="held-out split: search (default) or val; checked by the "
+                   "evaluator, which never scores training images")
     e.add_argument("--data", help="data spec (default: the data the supernet was trained on)")
     e.add_argument("--batch-size", type=int_in(1), default=256)
     e.add_argument("--json", action="store_true")
@@ -373,9 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--flops", help="MACs budget: an upper bound (1.3G) or a band (1.15G:1.3G); default: the "
                     "space's budget")
     se.add_argument("--params", help="params budget: an upper bound (6M) or a band (5M:6M)")
-    se.add_argument("--budget-on", choices=("worst", "mean"), help="bound the worst-case MACs or the mean measured "
+    se.add_argument("--budget-on", choices=BUDGET_ON, help="bound the worst-case MACs or the mean measured "
                     "on the search split (data-dependent archs; default mean when the supernet is at target scale)")
-    se.add_argument("--searcher", choices=("evolution", "optuna", "nsga2", "random"),
+    se.add_argument("--searcher", choices=tuple(SEARCHERS),
                     help="default: the search recipe's (evolution)")
     se.add_argument("--max-evals", type=int, help="evaluations at most (default: the search recipe's, 1000)")
     se.add_argument("--top", type=int, default=0, help="export the K next-best archs too, into <out>/top/")

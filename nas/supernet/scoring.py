@@ -132,7 +132,7 @@ class Evaluator:
                  batch_size: int = 256, device: str | torch.device = "cpu", bn_batches: int = 4,
                  max_preload_bytes: int = 2 << 30, preloaded: "Preloaded | None" = None) -> None:
         if split not in SCORED_SPLITS:
-            raise NasError(f"split: expected one of {list(SCORED_SPLITS)} (archs are never scored on training "
+            raise NasError(f"--split: expected one of {list(SCORED_SPLITS)} (archs are never scored on training "
                            f"images), got {split!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise NasError(f"batch_size: expected a positive integer, got {batch_size!r}")
