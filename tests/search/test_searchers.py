@@ -6,20 +6,26 @@ import csv
 import itertools
 import json
 import os
+import random
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from nas.cli import main
 from nas.cost import cost
 from nas.errors import NasError
-from nas.search.history import History
 from nas.search.backend import Injected
+from nas.search.history import History
+from nas.search.recipe import SearchRecipe
 from nas.search.runner import search
+from nas.search.searchers import SEARCHERS, Searcher, searcher
 from nas.space import load_arch, load_space
+from nas.space.schema import integer
 from tests.search.helpers import SMALL_EVOLUTION, TINY, TINY_CF, FakeEvaluator, fake_score, write
 
 BAND = (300_000, 600_000)
@@ -44,7 +50,7 @@ def all_archs(space):
     return [space.decode(v) for v in itertools.product(*(range(len(d.values)) for d in space.dims))]
 
 
-@pytest.mark.parametrize("searcher", ["evolution", "random", "optuna", "nsga2"])
+@pytest.mark.parametrize("searcher", list(SEARCHERS))
 def test_searcher_respects_the_band_and_evaluates_each_arch_once(tmp_path: Path, searcher: str):
     r = run(tmp_path, searcher, max_evals=12)
     space = load_space(tmp_path / "tiny.yaml")
@@ -65,6 +71,44 @@ def test_searcher_respects_the_band_and_evaluates_each_arch_once(tmp_path: Path,
     macs = [int(row["macs"]) for row in front]
     scores = [float(row["score"]) for row in front]
     assert macs == sorted(macs) and scores == sorted(scores) and float(front[-1]["score"]) == r.best.score
+
+
+@dataclass(frozen=True)
+class FirstCfg:
+    """A toy searcher's settings: score the first ``draws`` new in-budget archs of a seeded draw."""
+    draws: int = 3
+    FIELDS: ClassVar[dict] = {"draws": integer(1, 100)}
+
+
+def first_k(obj, cfg: FirstCfg, ctx) -> list:
+    rng = random.Random(ctx.seed)
+    archs = [a for a in (obj.propose(lambda: obj.space.sample(rng), ctx.max_tries) for _ in range(cfg.draws)) if a]
+    obj.evaluate_many(archs, range(len(archs)))
+    return list(obj.requested)
+
+
+def test_a_registered_searcher_is_known_to_the_recipe_the_job_and_the_cli(tmp_path: Path, monkeypatch):
+    """Adding a searcher: its module (here: above), one registry entry, its recipe file. Nothing else."""
+    monkeypatch.setitem(SEARCHERS, "first", Searcher(FirstCfg, first_k))
+    recipe = write(tmp_path, "first.yaml", "searcher: first\nmax_evals: 10\nfirst: {draws: 4}\n")
+    space = write(tmp_path, "tiny.yaml", TINY)
+    kw = dict(flops=f"{BAND[0]}:{BAND[1]}", progress=False, backend=Injected(fake))
+    r = search(space, search_recipe=recipe, out=tmp_path / "first", **kw)
+    assert r.searcher == "first" and len(r.candidates) == 4 and r.baseline_evals == 4
+    bad = write(tmp_path, "bad.yaml", "searcher: first\nfirst: {draws: 0}\n")
+    with pytest.raises(NasError, match=r"bad.yaml:2: first.draws: must be an integer in \[1, 100\]"):
+        search(space, search_recipe=bad, out=tmp_path / "bad", **kw)
+
+
+def test_an_unregistered_searcher_is_refused_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(NasError, match="searcher 'tpe': expected one of evolution, optuna, nsga2, random"):
+        searcher("tpe")
+    with pytest.raises(NasError, match="searcher 'tpe'"):
+        SearchRecipe("tpe")
+    with pytest.raises(NasError, match="--searcher 'tpe'"):
+        run(tmp_path, "tpe")
+    assert main(["search", str(write(tmp_path, "tiny.yaml", TINY)), "--searcher", "tpe"]) == 2
+    assert "invalid choice: 'tpe'" in capsys.readouterr().err
 
 
 def test_exhaustive_random_search_finds_the_brute_force_optimum(tmp_path: Path):
