@@ -29,7 +29,7 @@ step "install it into a fresh venv in $tmp, dependencies from $venv"
 py="$tmp/venv/bin/python"
 "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"]); print(sysconfig.get_paths()["platlib"])' \
   | sort -u > "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nas-deps.pth"
-"$py" -m pip install --disable-pip-version-check -q --no-deps --no-index "$wheel"
+"$py" -m pip install --disable-pip-version-check -q --no-deps --no-index --ignore-installed "$wheel"  # not the venv's nas
 
 cd "$tmp"  # not the checkout: nothing of it can be found from here
 nas() { "$tmp/venv/bin/nas" "$@"; }
