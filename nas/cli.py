@@ -358,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_supernet)
 
     vz = sub.add_parser("viz", help="PNG pictures: sampling points, ATS kept tokens, CF-ViT regions; a search run")
-    vz.add_argument("target", help="arch file or registered arch name, or a `nas search` run directory "
-                    "(Pareto plot and best-so-far curve)")
+    vz.add_argument("target", help="arch file, shipped reference arch (reference/NAME) or registered arch name, "
+                    "or a `nas search` run directory (Pareto plot and best-so-far curve)")
     vz.add_argument("--data", help="images from the val split of this data (default: the supernet's, else builtin)")
     vz.add_argument("--images", type=int, default=4, help="how many images (default 4)")
     vz.add_argument("--out", help="folder for the PNGs (default viz/<arch>, or RUN_DIR/viz)")

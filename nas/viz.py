@@ -592,9 +592,11 @@ def viz(target: str, out: str | None = None, data: str | None = None, images: in
             raise NasError("--data, --weights and --supernet picture an arch; a search run directory takes --out "
                            "only", file=target)
         return visualize_search(path, out)
-    if path.exists():
+    from nas.shipped import path as shipped_path
+    file = path if path.exists() else shipped_path("space", target)  # a shipped reference/NAME arch too
+    if file is not None:
         from nas.space import load_arch
-        arch, name = load_arch(path), path.stem
+        arch, name = load_arch(file), file.stem
     else:
         from nas.models.zoo import get_arch
         arch = get_arch(target)
