@@ -60,8 +60,9 @@ def _shipped(kind: str) -> dict[str, Traversable]:
 
 
 def _path(item: Traversable) -> Path:
-    """A file-system path of a shipped file (copied out for the life of the process if the install is zipped)."""
-    return item if isinstance(item, Path) else _extracted.enter_context(as_file(item))
+    """A file-system path of a shipped file, links resolved (in a checkout: the file in the top-level folder);
+    copied out for the life of the process if the install is zipped."""
+    return item.resolve() if isinstance(item, Path) else _extracted.enter_context(as_file(item))
 
 
 def names(kind: str) -> list[tuple[str, str]]:

@@ -471,7 +471,7 @@ def load_recipe(path: str | os.PathLike | None) -> Recipe:
 
 
 # --- default recipes ------------------------------------------------------------------------------------
-RECIPES = Path(str(files("nas") / "recipes"))
+RECIPES = Path(str(files("nas") / "recipes")).resolve()
 """The folder of the shipped recipes (in the package; ``nas.shipped`` finds them by name)."""
 BUILTIN_DATA = ("builtin", "mnist")
 
