@@ -64,13 +64,13 @@ def cmd_space_show(args: argparse.Namespace) -> None:
     from nas.space import load_space
     space = load_space(args.space)
     bounds = space.cost_bounds()
-    info: dict[str, Any] = {"name": space.name, "file": args.space, "hash": space.hash, "size": space.size(),
+    info: dict[str, Any] = {"name": space.name, "file": space.file, "hash": space.hash, "size": space.size(),
                             "dimensions": len(space.dims), **bounds, "budget": space.budget}
     if args.json:
         info["choices"] = [{"path": d.path, "line": d.line, "values": list(d.values)} for d in space.dims]
         print(json.dumps(info, indent=2))
         return
-    print(f"space {space.name} ({args.space}), hash {space.hash}")
+    print(f"space {space.name} ({space.file}), hash {space.hash}")
     print(f"  {space.size():,} archs over {len(space.dims)} dimensions")
     print(f"  MACs   {human(bounds['min_macs'])} .. {human(bounds['max_macs'])}")
     print(f"  params {human(bounds['min_params'])} .. {human(bounds['max_params'])}")
@@ -79,6 +79,36 @@ def cmd_space_show(args: argparse.Namespace) -> None:
     print("  choices:")
     for d in space.dims:
         print(f"    line {d.line:<4} {d.path:<28} {' | '.join(str(v) for v in d.values)}")
+
+
+def _list(kind: str) -> None:
+    """One line per shipped file of ``kind``: its name (what a command takes) and its description."""
+    from nas.shipped import names
+    shipped = names(kind)
+    width = max((len(name) for name, _ in shipped), default=0)
+    for name, description in shipped:
+        print(f"{name:<{width}}  {description}".rstrip())
+
+
+def cmd_space_list(args: argparse.Namespace) -> None:
+    _list("space")
+
+
+def cmd_recipe_list(args: argparse.Namespace) -> None:
+    _list("recipe")
+
+
+def _print_path(kind: str, name: str) -> None:
+    from nas.shipped import find
+    print(find(kind, name).resolve())
+
+
+def cmd_space_path(args: argparse.Namespace) -> None:
+    _print_path("space", args.name)
+
+
+def cmd_recipe_path(args: argparse.Namespace) -> None:
+    _print_path("recipe", args.name)
 
 
 def cmd_space_sample(args: argparse.Namespace) -> None:
@@ -272,6 +302,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 # --- parser -------------------------------------------------------------------------------------------
+SPACE_HELP = "a space file, or the name of a shipped space (`nas space list`: psvit_tiny, ...)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nas.search.budget import BUDGET_ON
     from nas.search.searchers import SEARCHERS
@@ -280,25 +313,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)  # missing: see main
 
-    space = sub.add_parser("space", help="validate, show or sample a search space")
+    space = sub.add_parser("space", help="list, validate, show or sample a search space", description="A SPACE is "
+                           "a YAML file or the name of a shipped one (`nas space list`); an existing path wins.")
     ssub = space.add_subparsers(dest="space_command", metavar="ACTION", parser_class=_Parser)
     v = ssub.add_parser("validate", help="check a space file; exit 2 with file:line on the first problem")
-    v.add_argument("space", type=path_arg)
+    v.add_argument("space", type=path_arg, help=SPACE_HELP)
     v.set_defaults(func=cmd_space_validate)
     s = ssub.add_parser("show", help="size, MACs and params range, and the choices of a space")
-    s.add_argument("space", type=path_arg)
+    s.add_argument("space", type=path_arg, help=SPACE_HELP)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_space_show)
     sm = ssub.add_parser("sample", help="sample archs uniformly; print them or write arch files")
-    sm.add_argument("space", type=path_arg)
+    sm.add_argument("space", type=path_arg, help=SPACE_HELP)
     sm.add_argument("-n", type=int_in(1, MAX_SAMPLES), default=1,
                     help=f"how many distinct archs, 1..{MAX_SAMPLES:,} and at most the size of the space (default 1)")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument("--out", type=path_arg, help="folder to write arch files into (default: print YAML)")
     sm.set_defaults(func=cmd_space_sample)
+    ls = ssub.add_parser("list", help="the shipped spaces, then the shipped reference archs (reference/NAME: "
+                         "published models, arch files for `nas flops`, `nas retrain`): name and description")
+    ls.set_defaults(func=cmd_space_list)
+    sp = ssub.add_parser("path", help="the file of a shipped space or reference arch (to copy and edit)")
+    sp.add_argument("name", type=path_arg, help="a name from `nas space list`")
+    sp.set_defaults(func=cmd_space_path)
 
     f = sub.add_parser("flops", help="MACs and params of an arch file, or their range over a space")
-    f.add_argument("file", type=path_arg)
+    f.add_argument("file", type=path_arg, help="an arch or space file, or a shipped name (`nas space list`: "
+                   "psvit_tiny, reference/deit_tiny, ...)")
     f.add_argument("--json", action="store_true")
     f.add_argument("--data", help="measure mean MACs over this data (data-dependent archs: ATS, CF-ViT)")
     f.add_argument("--images", type=int_in(1), default=256, help="images to measure over with --data (default 256)")
@@ -310,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_flops)
 
     e = sub.add_parser("eval", help="score an arch with inherited supernet weights (top-1 and loss)")
-    e.add_argument("arch", type=path_arg, help="arch file, of the supernet's space or of the space as written (mapped to it)")
+    e.add_argument("arch", type=path_arg, help="arch file (or shipped reference/NAME), of the supernet's space or "
+                   "of the space as written (mapped to it)")
     e.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, required=True, help="a finished `nas train-supernet` run")
     e.add_argument("--split", default="search", help="held-out split: search (default) or val; checked by the "
                    "evaluator, which never scores training images")
@@ -320,19 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     t = sub.add_parser("train-supernet", help="train a weight-sharing SPOS supernet over a space (resumable)")
-    t.add_argument("space", type=path_arg)
+    t.add_argument("space", type=path_arg, help=SPACE_HELP)
     t.add_argument("--data", default="builtin", help="builtin (MNIST-5000, default), synthetic[:N[:C]], "
                    "fashion-mnist, idx:DIR (MNIST-style IDX files) or an ImageFolder root with train/ and val/")
-    t.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: the CPU recipe on --data builtin, "
-                   "else the PSViT supernet recipe, recipes/spos_supernet.yaml)")
+    t.add_argument("--recipe", type=path_arg, help="training recipe: a YAML file or a shipped name (`nas recipe "
+                   "list`; default: cpu_supernet on --data builtin, cpu_fashion_supernet on fashion-mnist and idx:DIR, "
+                   "else the PSViT supernet recipe, spos_supernet)")
     t.add_argument("--out", type=path_arg, help="run directory (default runs/<space name>-supernet); re-running on it resumes")
     t.add_argument("--resume", action="store_true", help="require an existing run in --out to resume")
     _add_ray_train_args(t)
     t.set_defaults(func=cmd_train_supernet)
 
     vz = sub.add_parser("viz", help="PNG pictures: sampling points, ATS kept tokens, CF-ViT regions; a search run")
-    vz.add_argument("target", help="arch file or registered arch name, or a `nas search` run directory "
-                    "(Pareto plot and best-so-far curve)")
+    vz.add_argument("target", help="arch file, shipped reference arch (reference/NAME) or registered arch name, "
+                    "or a `nas search` run directory (Pareto plot and best-so-far curve)")
     vz.add_argument("--data", help="images from the val split of this data (default: the supernet's, else builtin)")
     vz.add_argument("--images", type=int, default=4, help="how many images (default 4)")
     vz.add_argument("--out", help="folder for the PNGs (default viz/<arch>, or RUN_DIR/viz)")
@@ -342,11 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     vz.set_defaults(func=cmd_viz)
 
     r = sub.add_parser("retrain", help="train an exported arch from scratch or its inherited weights (resumable)")
-    r.add_argument("arch", type=path_arg, help="arch file (e.g. a search's best.yaml)")
+    r.add_argument("arch", type=path_arg, help="arch file (e.g. a search's best.yaml) or a shipped reference/NAME")
     r.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]], fashion-mnist, idx:DIR "
                    "or an ImageFolder root")
-    r.add_argument("--recipe", type=path_arg, help="training recipe YAML (default: recipes/retrain_cpu.yaml on "
-                   "--data builtin, else recipes/retrain_deit.yaml)")
+    r.add_argument("--recipe", type=path_arg, help="training recipe: a YAML file or a shipped name (`nas recipe "
+                   "list`; default: retrain_cpu on --data builtin, retrain_cpu_fashion on fashion-mnist and idx:DIR, "
+                   "else retrain_deit)")
     r.add_argument("--out", type=path_arg, help="run directory (default runs/<arch name or hash>-retrain); re-running resumes")
     r.add_argument("--init", choices=("scratch", "inherited"), default="scratch", help="inherited: start from the "
                    "weights exported next to the arch file (<stem>.safetensors, or <stem>.proxy.yaml + .safetensors)")
@@ -358,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reliability ICC, Kendall tau and Spearman rho with CIs, MACs and params baselines; resumable)")
     rk.add_argument("supernet_run", type=path_arg, help="a trained supernet run directory")
     rk.add_argument("-n", type=int, default=12, help="archs spread over the MACs range (default 12)")
-    rk.add_argument("--recipe", type=path_arg, help="standalone training recipe (default: the supernet's own)")
+    rk.add_argument("--recipe", type=path_arg, help="standalone training recipe, a YAML file or a shipped name "
+                    "(default: the supernet's own)")
     rk.add_argument("--seed", type=int, default=0, help="seed of the arch sampling")
     rk.add_argument("--seeds", type=int, default=3, help="train each arch alone this many times (recipe seed, "
                     "seed+1, ...); 2 or more also reports the reliability of standalone training, ICC(1) with its "
@@ -372,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     rk.set_defaults(func=cmd_rank_check)
 
     se = sub.add_parser("search", help="the best subnet within a MACs/params budget (resumable; docs/search.md)")
-    se.add_argument("space")
+    se.add_argument("space", help=SPACE_HELP)
     se.add_argument("--flops", help="MACs budget: an upper bound (1.3G) or a band (1.15G:1.3G); default: the "
                     "space's budget")
     se.add_argument("--params", help="params budget: an upper bound (6M) or a band (5M:6M)")
@@ -384,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--top", type=int, default=0, help="export the K next-best archs too, into <out>/top/")
     se.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]], fashion-mnist, idx:DIR "
                     "or an ImageFolder root")
-    se.add_argument("--recipe", help="supernet training recipe (default: the CPU recipe for the built-in data)")
-    se.add_argument("--search-recipe", help="search recipe YAML (default: recipes/search_<searcher>.yaml values)")
+    se.add_argument("--recipe", help="supernet training recipe, a YAML file or a shipped name (`nas recipe list`; "
+                    "default: the CPU recipe for the data, as train-supernet)")
+    se.add_argument("--search-recipe", help="search recipe, a YAML file or a shipped name (`nas recipe list`: "
+                    "search_evolution, search_optuna, ...; default: the values of search_<searcher>)")
     se.add_argument("--supernet", help="a trained supernet run directory to search instead of training one")
     se.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
     se.add_argument("--out", help="run directory (default runs/<space>-search-<budget>-<searcher>-s<seed>); "
@@ -399,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--max-retries", type=int_in(0), metavar="K", help="with --ray-address: restarts of a dead "
                     "worker, and retries of its evaluation (default 3)")
     se.set_defaults(func=cmd_search)
+
+    recipe = sub.add_parser("recipe", help="list the shipped training and search recipes",
+                            description="A recipe is a YAML file or the name of a shipped one (`nas recipe list`) "
+                                        "wherever a command takes --recipe or --search-recipe; an existing path wins.")
+    rsub = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", parser_class=_Parser)
+    rl = rsub.add_parser("list", help="the shipped recipes (training and search; cluster/NAME: a `ray up` cluster "
+                         "config): name and description")
+    rl.set_defaults(func=cmd_recipe_list)
+    rp = rsub.add_parser("path", help="the file of a shipped recipe (to copy and edit, or for `ray up`)")
+    rp.add_argument("name", type=path_arg, help="a name from `nas recipe list`")
+    rp.set_defaults(func=cmd_recipe_path)
     return p
 
 

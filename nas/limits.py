@@ -130,5 +130,5 @@ def check_training_memory(floats_per_image: int, params: int, batch_size: int, w
         fits = max((memory // BYTES_PER_PARAM - 4 * params) // max(floats_per_image, 1), 0)
         raise NasError(f"batch_size {batch_size} needs at least {_bytes(need)} of memory to train {what}, more than "
                        f"the {_bytes(memory)} of this machine; use batch_size {fits} or less, a smaller input "
-                       f"size (space_overrides), or a recipe made for this machine (recipes/cpu_supernet.yaml for "
+                       f"size (space_overrides), or a recipe made for this machine (--recipe cpu_supernet for "
                        f"the built-in data)", file=file, key=key)

@@ -313,9 +313,11 @@ def viz(target: str, out: str | None = None, data: str | None = None, images: in
     if path.is_dir():
         raise NasError("a directory is no arch: give an arch file or a registered arch name (`nas viz RUN_DIR` "
                        "draws a search run)", file=target)
-    if path.exists():
+    from nas.shipped import path as shipped_path
+    file = path if path.exists() else shipped_path("space", target)  # a shipped reference/NAME arch too
+    if file is not None:
         from nas.space import load_arch
-        arch, name = load_arch(path), path.stem
+        arch, name = load_arch(file), file.stem
     else:
         from nas.models.zoo import get_arch
         arch = get_arch(target)

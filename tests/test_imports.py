@@ -99,7 +99,7 @@ def test_cost_imports_no_model():
 
 # --- layers: a module imports only modules of its own layer or below ------------------------------------------
 LAYERS: list[tuple[str, ...]] = [
-    ("nas.errors", "nas.atomic", "nas.limits", "nas.stats"),
+    ("nas.errors", "nas.atomic", "nas.limits", "nas.stats", "nas.shipped"),
     # torch-free descriptions and configs: archs, shapes, cost, spaces, recipes, run-directory metadata
     ("nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir"),
     ("nas.models", "nas.weights", "nas.data", "nas.measure"),

@@ -2,7 +2,9 @@
 
 A search recipe says how to search (which searcher, its settings, how many evaluations); the space says what,
 the budget how much. ``SearchRecipe(searcher=...)`` with no other arguments gives the shipped defaults, which
-``recipes/search_<searcher>.yaml`` spell out.
+the shipped recipes ``search_<searcher>`` (``recipes/search_<searcher>.yaml``) spell out. Search recipes ship
+inside the package with the training recipes and are found by name (``--search-recipe search_optuna``; ``nas
+recipe list``; ``nas.shipped``); a path works wherever a name does, and an existing path wins.
 
 Keys (all optional; defaults in brackets)::
 
@@ -41,6 +43,7 @@ from typing import Any
 
 from nas.errors import NasError
 from nas.search.searchers import SEARCHERS, searcher as registered
+from nas.shipped import find
 from nas.space.schema import Reader, boolean, integer, one_of, text
 from nas.space.yamlnodes import Node, load_nodes
 
@@ -138,14 +141,16 @@ def parse_search_recipe(root: Node, name: str = "") -> SearchRecipe:
 
 
 def load_search_recipe(path: str | os.PathLike | None, searcher: str | None = None) -> SearchRecipe:
-    """Read and validate a search recipe; ``None`` gives the defaults of ``searcher`` (evolution if None).
-    A ``searcher`` that disagrees with the file's is an error."""
+    """Read and validate a search recipe file, or a shipped one by name (``search_optuna``; an existing path wins);
+    ``None`` gives the defaults of ``searcher`` (evolution if None). A ``searcher`` that disagrees with the file's
+    is an error."""
     if searcher is not None and searcher not in SEARCHERS:
         raise NasError(f"--searcher {searcher!r}: expected one of {', '.join(SEARCHERS)}")
     if path is None:
         return SearchRecipe(searcher or "evolution")
-    recipe = parse_search_recipe(load_nodes(path), Path(path).stem)
+    file = find("recipe", path)
+    recipe = parse_search_recipe(load_nodes(file), file.stem)
     if searcher is not None and searcher != recipe.searcher:
         raise NasError(f"--searcher {searcher} disagrees with the recipe's `searcher: {recipe.searcher}`; drop "
-                       f"--searcher or use a {searcher} recipe (recipes/search_{searcher}.yaml)", file=str(path))
+                       f"--searcher or use a {searcher} recipe (search_{searcher})", file=str(file))
     return recipe

@@ -13,6 +13,7 @@ from nas.atomic import atomic_write
 from nas.space.schema import Parser, parse_size
 from nas.space.space import Dimension, SearchSpace
 from nas.errors import NasError
+from nas.shipped import find
 from nas.space.yamlnodes import Node, load_nodes
 
 __all__ = ["SearchSpace", "Dimension", "load_space", "load_arch", "save_arch", "parse_size", "load_any",
@@ -20,18 +21,21 @@ __all__ = ["SearchSpace", "Dimension", "load_space", "load_arch", "save_arch", "
 
 
 def load_space(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
-    """Read and validate a search-space file. Raises ``NasError`` naming file:line and key on bad input.
+    """Read and validate a search-space file, or a shipped space by name (``psvit_tiny``; an existing path wins,
+    ``nas.shipped.find``). Raises ``NasError`` naming file:line and key on bad input.
 
     ``overrides`` replaces values before validation, by dotted key path (``{"input.size": 32,
     "stages[0].dim": 64}``); a path that is not in the file is an error, as in big_vision.
     """
-    root = apply_overrides(load_nodes(path), overrides or {})
-    return SearchSpace(Parser(allow_choices=True).parse(root), file=str(path))
+    file = find("space", path)
+    root = apply_overrides(load_nodes(file), overrides or {})
+    return SearchSpace(Parser(allow_choices=True).parse(root), file=str(file))
 
 
 def load_arch(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> Arch:
-    """Read and validate an arch file (a space with every value fixed, plus provenance)."""
-    root = apply_overrides(load_nodes(path), overrides or {})
+    """Read and validate an arch file (a space with every value fixed, plus provenance), or a shipped one by name
+    (``reference/deit_tiny``)."""
+    root = apply_overrides(load_nodes(find("space", path)), overrides or {})
     return Arch.from_dict(Parser(allow_choices=False).parse(root))
 
 
@@ -42,11 +46,13 @@ def is_arch_file(root: Node) -> bool:
 
 
 def load_any(path: str | os.PathLike) -> Arch | SearchSpace:
-    """An arch file (``format: nas-arch/1``) as an Arch, any other file as a SearchSpace (``is_arch_file``)."""
-    root = load_nodes(path)
+    """An arch file (``format: nas-arch/1``) as an Arch, any other file as a SearchSpace (``is_arch_file``);
+    a shipped name (``psvit_tiny``, ``reference/deit_tiny``) reads the shipped file."""
+    file = find("space", path)
+    root = load_nodes(file)
     if is_arch_file(root):
         return Arch.from_dict(Parser(allow_choices=False).parse(root))
-    return SearchSpace(Parser(allow_choices=True).parse(root), file=str(path))
+    return SearchSpace(Parser(allow_choices=True).parse(root), file=str(file))
 
 
 def sample_distinct(space: SearchSpace, n: int, seed: int | None = None) -> list[Arch]:

@@ -47,10 +47,11 @@ class SupernetRun:
 
     def target_space(self) -> SearchSpace:
         """The space as written (before the recipe's overrides), read from the file run.json names."""
+        from nas.shipped import resolves
         from nas.space import load_space
 
-        file = self.info["space"]["file"]
-        if not Path(file).exists():
+        file = self.info["space"]["file"]  # as given: a path or a shipped space name (nas.shipped)
+        if not resolves("space", file):
             raise NasError(f"the space file this supernet was trained from, {file}, is not there (run.json "
                            f"records it relative to where training ran); run from that folder",
                            file=str(self.run_dir / "run.json"), key="space.file")

@@ -1,8 +1,8 @@
 """Training: one loop (``loop``) for SPOS supernets (``train_supernet``) and retraining one arch (``retrain``).
 
     from nas.train import retrain, train_supernet
-    result = train_supernet("spaces/psvit_tiny.yaml", data="builtin", recipe="recipes/demo.yaml")
-    result = retrain("runs/search/best.yaml", data="builtin")   # recipes/retrain_cpu.yaml on the built-in data
+    result = train_supernet("psvit_tiny", data="builtin", recipe="demo")   # shipped names, or paths to YAML files
+    result = retrain("runs/search/best.yaml", data="builtin")   # the shipped retrain_cpu on the built-in data
 
 Modules: ``recipe`` (validated YAML recipes, default recipe per job and data), ``loop`` (the generic trainer:
 optimiser, schedule, checkpoints, exact resume, signals, logs), ``sampler`` (which path trains each SPOS step),

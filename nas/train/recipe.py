@@ -3,7 +3,9 @@
 A recipe says *how* to train (optimiser, schedule, loss, augmentation, arch sampling, data options, space
 overrides); the space says *what*. ``Recipe()`` with no arguments is the PSViT supernet recipe (PSViT, arXiv 2108.03428,
 section 4.1): Nesterov SGD, momentum 0.9, lr 0.2 cosine-annealed to 0, batch 1024, weight decay 1e-4,
-100 epochs, label smoothing 0.1; ``recipes/spos_supernet.yaml`` spells the same values out.
+100 epochs, label smoothing 0.1; the shipped recipe ``spos_supernet`` (``recipes/spos_supernet.yaml``) spells the
+same values out. Recipes ship inside the package and are found by name (``--recipe cpu_supernet``; ``nas recipe
+list``; ``nas.shipped``); a path to a YAML file works wherever a name does, and an existing path wins.
 
 Keys (all optional; defaults in brackets)::
 
@@ -66,11 +68,14 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 
 from nas.errors import NasError
 from nas.shapes import WARMUP_FRACTION
+from nas.shipped import find
+from nas.shipped import path as shipped_path
 from nas.space.schema import Reader, boolean, got, integer, number, one_of, text
 from nas.space.yamlnodes import Node, load_nodes
 
@@ -453,32 +458,40 @@ def _check(rc: Recipe) -> None:
 
 
 def load_recipe(path: str | os.PathLike | None) -> Recipe:
-    """Read and validate a recipe file; ``None`` gives the default (PSViT supernet) recipe."""
+    """Read and validate a recipe file, or a shipped recipe by name (``cpu_supernet``; an existing path wins);
+    ``None`` gives the default (PSViT supernet) recipe."""
     if path is None:
         return Recipe()
-    return parse_recipe(load_nodes(path), Path(path).stem)
+    file = find("recipe", path)
+    return parse_recipe(load_nodes(file), file.stem)
 
 
 # --- default recipes ------------------------------------------------------------------------------------
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-"""The shipped recipes (``recipes/`` of the source tree)."""
+RECIPES = Path(str(files("nas") / "recipes")).resolve()
+"""The folder of the shipped recipes (in the package; ``nas.shipped`` finds them by name)."""
 BUILTIN_DATA = ("builtin", "mnist")
 
 
 def default_recipe(job: str, data: str) -> Path | None:
     """The recipe a ``job`` (``supernet`` or ``retrain``) uses on ``data`` when none is given: the CPU recipes on
     the built-in data and on 28x28 IDX data (``fashion-mnist``, ``idx:DIR``), else the paper's (None:
-    ``Recipe()``, the PSViT supernet recipe; ``retrain_deit.yaml``)."""
+    ``Recipe()``, the PSViT supernet recipe; ``retrain_deit``). The files are the shipped ones (``nas.shipped``)."""
     spec = str(data).strip().lower()
     builtin = spec in BUILTIN_DATA
     idx = spec == "fashion-mnist" or spec.startswith("idx:")
     if job == "supernet":
         if idx:
-            return RECIPES / "cpu_fashion_supernet.yaml"
-        if not builtin:
-            return None
-        cpu = RECIPES / "cpu_supernet.yaml"
-        return cpu if cpu.exists() else RECIPES / "demo.yaml"
+            return _shipped("cpu_fashion_supernet")
+        return _shipped("cpu_supernet") if builtin else None
     if job == "retrain":
-        return RECIPES / ("retrain_cpu.yaml" if builtin else "retrain_cpu_fashion.yaml" if idx else "retrain_deit.yaml")
+        return _shipped("retrain_cpu" if builtin else "retrain_cpu_fashion" if idx else "retrain_deit")
     raise ValueError(f"unknown job {job!r}; allowed: supernet, retrain")
+
+
+def _shipped(name: str) -> Path:
+    """The shipped recipe ``name`` (an error if the install lacks it: nothing else would do)."""
+    path = shipped_path("recipe", name)
+    if path is None:
+        raise NasError(f"the shipped recipe {name!r} is missing from this install of nas (nas/recipes/); reinstall "
+                       f"nas, or give a recipe with --recipe")
+    return path
