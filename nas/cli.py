@@ -219,8 +219,8 @@ def _ray_train(args: argparse.Namespace) -> Any:
         return None
     from nas.distributed.cluster import check_address
     from nas.distributed.train import RayTrain
-    return RayTrain(check_address(args.ray_address), args.num_workers or 1, args.use_gpu,
-                    3 if args.max_failures is None else args.max_failures)
+    failures = {} if args.max_failures is None else {"max_failures": args.max_failures}  # else RayTrain's default
+    return RayTrain(check_address(args.ray_address), args.num_workers or 1, args.use_gpu, **failures)
 
 
 def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
