@@ -192,6 +192,7 @@ class ActorEvaluators:
         if not archs:
             return
         from ray.exceptions import RayActorError
+        from ray.util import ActorPool
 
         with self._lock:
             try:

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from nas.errors import NasError
