@@ -285,7 +285,8 @@ def cmd_rank_check(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from nas.search.runner import search, table
+    from nas.search.report import table
+    from nas.search.runner import search
     backend = None
     if args.ray_address is None:
         _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries},

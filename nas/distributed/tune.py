@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nas.errors import NasError
-from nas.supernet.scoring import Evaluation
 from nas.search.history import Candidate
 from nas.search.objective import Objective
-from nas.search.optuna_search import (Nsga2Cfg, Settings, constrain, make_sampler, open_study, rejection,
+from nas.search.optuna_search import (Nsga2Cfg, Settings, constrain, open_study, optuna_sampler, rejection,
                                       remember_candidates, suggest_vector, values)
+from nas.supernet.scoring import Evaluation
 
 METRICS = ("objective", "budget_macs")
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1 << 20}
@@ -204,7 +204,7 @@ def tune_search(obj: Objective, settings: Settings, max_tries: int, seed: int, s
     from ray.tune.search.optuna import OptunaSearch
 
     multi = isinstance(settings, Nsga2Cfg)
-    sampler, directions = make_sampler(settings, seed)
+    sampler, directions = optuna_sampler(settings, seed)
     study, st = open_study(storage, settings, study_name, directions)  # the sampler is OptunaSearch's
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by a killed driver

@@ -151,7 +151,7 @@ def has_set_constraint() -> bool:
     return hasattr(Trial, "set_constraint")
 
 
-def make_sampler(settings: Settings, seed: int) -> tuple[Any, list[str]]:
+def optuna_sampler(settings: Settings, seed: int) -> tuple[Any, list[str]]:
     """The sampler (TPE with the constant liar, or NSGA-II) and the study's directions."""
     import optuna
 
@@ -231,7 +231,7 @@ class _Study:
         import optuna
 
         self.optuna, self.obj, self.multi = optuna, obj, isinstance(settings, Nsga2Cfg)
-        sampler, directions = make_sampler(settings, seed)
+        sampler, directions = optuna_sampler(settings, seed)
         self.study, _ = open_study(storage, settings, study_name, directions, sampler)
         self.refresh()
 

@@ -1,10 +1,10 @@
 """What ``nas search`` reports at the end: the winner against random search's best, with the noise between them.
 
-    result = report(job, run_dir, found, scoring, supernet, log, t0)   # -> SearchResult, every file written
+    result = finish(job, run_dir, found, scoring, supernet, log, t0)   # -> SearchResult, every file written
     summary(result) -> dict     # summary.json
     table(result) -> str        # the table ``nas search`` prints
 
-``report`` re-scores the winner and the baseline's best on the validation split, makes the paired comparisons
+``finish`` re-scores the winner and the baseline's best on the validation split, makes the paired comparisons
 below, exports the winner (``nas.export``: best.yaml and its inherited weights, ``--top K`` more, pareto.csv,
 the front of search loss against MACs), writes summary.json, draws the pictures (``nas.search.plots``:
 pareto.png and best_so_far.png, both of the search loss, the key the search ranks by) and logs the table.
@@ -89,7 +89,7 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
 
 
-def report(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", supernet: "Trained | None",
+def finish(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", supernet: "Trained | None",
            log: Callable[[str], None], t0: float) -> SearchResult:
     """The search's result, every file of it written (see the module docstring); ``t0`` when the job began."""
     pm, bud = job.proxy, job.budget

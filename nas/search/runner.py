@@ -50,7 +50,7 @@ from nas.search.history import Candidate, History, best
 from nas.search.job import SearchJob, plan
 from nas.search.objective import Evaluate, Objective
 from nas.search.proxy import ProxyMap, check_same_dimensions
-from nas.search.report import Found, SearchResult, report, table  # noqa: F401 - ``table`` is what the CLI prints
+from nas.search.report import Found, SearchResult, finish
 from nas.search.searchers import Context, searcher as registered
 
 
@@ -77,7 +77,7 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
         trained = _supernet(job, run_dir, log, progress) if backend.needs_supernet else None
         scoring = backend.start(job.proxy.proxy, trained, job.recipe.batch_size, stack, log)
         found = _run_searcher(job, run_dir, scoring, progress)
-        return report(job, run_dir, found, scoring, trained, log, t0)
+        return finish(job, run_dir, found, scoring, trained, log, t0)
 
 
 def _supernet(job: SearchJob, run_dir: Path, log: "_Log", progress: bool) -> Trained:
