@@ -281,7 +281,7 @@ def run_search(args: argparse.Namespace, out: Path, searcher: str, seed: int) ->
     t0 = time.perf_counter()
     if not reused:
         from nas.search.runner import search
-        search(args.space, flops=args.flops, searcher=searcher, max_evals=args.max_evals, data=args.data,
+        search(args.space, flops=args.flops, searcher=searcher, max_evals=args.max_evals,
                supernet=args.supernet, search_recipe=search_recipe_file(out, searcher), out=run, seed=seed,
                progress=False)
     s = json.loads(summary_file.read_text())

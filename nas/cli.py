@@ -14,7 +14,7 @@ from typing import Any
 
 from nas import __version__
 from nas.errors import NasError
-from nas.limits import MAX_SAMPLES, check_folder
+from nas.limits import MAX_EVALS, MAX_SAMPLES, check_folder
 from nas.space.schema import human
 
 
@@ -426,10 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "on the search split (data-dependent archs; default mean when the supernet is at target scale)")
     se.add_argument("--searcher", choices=tuple(SEARCHERS),
                     help="default: the search recipe's (evolution)")
-    se.add_argument("--max-evals", type=int, help="evaluations at most (default: the search recipe's, 1000)")
-    se.add_argument("--top", type=int, default=0, help="export the K next-best archs too, into <out>/top/")
-    se.add_argument("--data", default="builtin", help="builtin (default), synthetic[:N[:C]], fashion-mnist, idx:DIR "
-                    "or an ImageFolder root")
+    se.add_argument("--max-evals", type=int_in(1, MAX_EVALS), help=f"evaluations at most, 1..{MAX_EVALS:,} "
+                    "(default: the search recipe's, 1000)")
+    se.add_argument("--top", type=int_in(0, MAX_EVALS), default=0, help="export the K next-best archs too, into "
+                    "<out>/top/")
+    se.add_argument("--data", help="builtin (the default, unless --supernet: then the data it was trained with), "
+                    "synthetic[:N[:C]], fashion-mnist, idx:DIR or an ImageFolder root")
     se.add_argument("--recipe", help="supernet training recipe, a YAML file or a shipped name (`nas recipe list`; "
                     "default: the CPU recipe for the data, as train-supernet)")
     se.add_argument("--search-recipe", help="search recipe, a YAML file or a shipped name (`nas recipe list`: "

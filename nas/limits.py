@@ -37,6 +37,9 @@ MAX_CELLS = 1024
 """Cells of a space or an arch, over all stages."""
 MAX_SAMPLES = 10_000
 """``nas space sample -n``."""
+MAX_EVALS = 100_000
+"""Evaluations one search may make (``--max-evals``, a search recipe's ``max_evals``; ``--top`` exports at most as
+many): about 10 hours at the CPU job's 3 per second, 100 times the SPOS/AutoFormer budget of 1,000."""
 MAX_SYNTHETIC = 100_000
 """Images of ``--data synthetic:N``."""
 MAX_IDX_ITEMS = 1_000_000

@@ -17,15 +17,18 @@ Decisions where the papers are silent:
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nas.cost import cost
 from nas.errors import NasError
+from nas.limits import MAX_EVALS
 from nas.search.budget import Budget
 from nas.search.proxy import ProxyMap, check_same_dimensions
 from nas.search.recipe import SearchRecipe, load_search_recipe
-from nas.search.searchers import searcher as registered
+from nas.search.searchers import SEARCHERS, searcher as registered
 from nas.space import SearchSpace, load_space
 
 if TYPE_CHECKING:
@@ -92,21 +95,26 @@ def data_dependent(space: SearchSpace) -> bool:
 
 
 def plan(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
-         searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str = "builtin",
+         searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str | None = None,
          recipe: str | Path | None = None, search_recipe: str | Path | None = None,
          supernet: str | Path | None = None, storage: str | None = None, seed: int = 0,
          trains: bool = True) -> SearchJob:
     """Every check that needs no training, cheapest first (the budget before the training recipe); ``trains``
-    False: nothing will be trained (an injected backend), so no default training recipe and no data."""
+    False: nothing will be trained (an injected backend), so no default training recipe and no data. ``data``
+    None: the built-in data, or the data ``supernet`` was trained with (which takes no ``data`` or ``recipe``)."""
+    if supernet is not None and (data is not None or recipe is not None):
+        given = " and ".join(f for f, v in (("--data", data), ("--recipe", recipe)) if v is not None)
+        raise NasError(f"{given} cannot apply with --supernet: a trained supernet is searched with the data and "
+                       f"recipe it was trained with (its run.json); drop {given}, or drop --supernet to train one")
     space_file = str(space)
     target = load_space(space_file)
     srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
-    if top < 0:
-        raise NasError(f"--top must be >= 0, got {top}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise NasError(f"--seed must be a non-negative integer, got {seed!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_EVALS:
+        raise NasError(f"--top must be an integer in [0, {MAX_EVALS:,}], got {top!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise NasError(f"--seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     if storage is not None:
-        _check_storage(storage, srec.searcher)
+        _check_storage(storage, srec)
 
     # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
     dd = data_dependent(target)
@@ -115,7 +123,7 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
     bud.check_reachable(bounds, where=space_file)
 
     # the supernet's space: a trained run's, or the training recipe's (its overrides define a proxy)
-    job = SearchJob(space_file, target, srec, bud, ProxyMap(target, target), data, seed, top, storage,
+    job = SearchJob(space_file, target, srec, bud, ProxyMap(target, target), data or "builtin", seed, top, storage,
                     trains=trains and supernet is None)
     if supernet is not None:
         job.supernet = Path(supernet)
@@ -135,20 +143,38 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
         raise _mean_refusal(where, why if job.training is None or not job.training.space_overrides else "")
     job.budget = replace(bud, on=on)
     job.budget.check_reachable(bounds, where=space_file)
+    _check_feasible(job)
     job.proxy = ProxyMap(target, trained)
     job.notes = _notes(job, budget_on, recipe is None)
     return job
 
 
-def _check_storage(storage: str, searcher: str) -> None:
-    """``--storage``: for a searcher that keeps a study, and a database URL (refused now, not after training)."""
-    if not registered(searcher).study:
-        raise NasError(f"--storage holds an Optuna study: it applies to --searcher optuna or nsga2, not {searcher}")
+def _check_storage(storage: str, srec: SearchRecipe) -> None:
+    """``--storage``: for a searcher that keeps a study, a database URL, and one Optuna can open now (refused
+    before any training, not after)."""
+    studies = [name for name, s in SEARCHERS.items() if s.study]
+    if not registered(srec.searcher).study:
+        raise NasError(f"--storage holds an Optuna study: it applies to --searcher {' or '.join(studies)}, not "
+                       f"{srec.searcher}")
     from sqlalchemy.engine import make_url
     try:
         make_url(storage)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
         raise NasError(f"--storage {storage!r} is not a database URL ({e}); use e.g. sqlite:///study.db") from None
+    from nas.search.optuna_search import open_storage
+    open_storage(storage, srec.settings).engine.dispose()
+
+
+def _check_feasible(job: SearchJob) -> None:
+    """Some arch may meet the budget: one of ``max_tries`` seeded draws of the target passes the analytic check
+    (what every searcher's first candidate needs), so an empty band fails here, before the run directory."""
+    rng = random.Random(f"{job.seed}|feasible")
+    for _ in range(job.recipe.max_tries):
+        c = cost(job.target.sample(rng))
+        if job.budget.may_admit(c.macs_min, c.macs_max, c.params):
+            return
+    raise NasError(f"no arch of the space met the budget ({job.budget.describe()}) in {job.recipe.max_tries:,} "
+                   f"random draws (the search recipe's max_tries); widen the budget", file=job.space_file)
 
 
 def _trained_space(sup_dir: Path) -> SearchSpace:

@@ -10,6 +10,7 @@ may pass any callable ``Arch -> Evaluation`` (tests use a fast deterministic fak
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Callable, Protocol, Sequence
 
@@ -36,6 +37,10 @@ class EvaluationLike(Protocol):
 Evaluate = Callable[[Arch], EvaluationLike]
 
 
+class Cancelled(Exception):
+    """Raised inside a searcher whose ``Objective.stop`` was set (the search it ran beside has failed)."""
+
+
 class Objective:
     """Target arch -> Candidate (cached by arch hash), with the budget checked before evaluation.
 
@@ -44,8 +49,10 @@ class Objective:
     """
 
     def __init__(self, proxy: ProxyMap, budget: Budget, evaluate: Evaluate, history: History, max_evals: int,
-                 progress: bool = True, desc: str = "search", position: int = 0) -> None:
+                 progress: bool = True, desc: str = "search", position: int = 0,
+                 stop: threading.Event | None = None) -> None:
         self.space: SearchSpace = proxy.target
+        self.stop = stop or threading.Event()  # set from another thread: the next evaluation raises Cancelled
         self.proxy, self.budget, self.evaluate, self.history = proxy, budget, evaluate, history
         self.max_evals = max_evals
         self.cache: dict[str, Candidate] = dict(history.cached)
@@ -86,6 +93,7 @@ class Objective:
     # --- evaluation ----------------------------------------------------------------------------------
     def __call__(self, arch: Arch, step: int) -> Candidate:
         """The candidate for target ``arch``: from the cache, else evaluated and appended to the history."""
+        self._check_stop()
         h = arch.hash()
         c = self.cache.get(h)
         if c is None:
@@ -101,6 +109,7 @@ class Objective:
         new archs evaluated in parallel when the evaluator can (a ``map`` method: ``nas.distributed``). Results
         are recorded in the order of ``archs``, each as soon as it and those before it are in, so the history
         is the one a sequential run writes."""
+        self._check_stop()
         steps = [steps] * len(archs) if isinstance(steps, int) else list(steps)
         fan_out = getattr(self.evaluate, "map", None)
         if fan_out is None:
@@ -118,6 +127,10 @@ class Objective:
             out.append(c)
         self._postfix()
         return out
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Cancelled("stopped: the search beside this one failed")
 
     @property
     def parallelism(self) -> int:

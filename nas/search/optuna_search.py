@@ -139,7 +139,8 @@ def open_storage(storage: str, settings: Settings) -> Any:
             if attempt < 4 and isinstance(e, DBAPIError):  # e.g. "table already exists", "locked"
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: {e}); use an "
+            raise NasError(f"--storage {storage!r}: Optuna cannot open it ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); use an "
                            "RDB URL such as sqlite:///study.db") from None
     if st.engine.dialect.name == "sqlite":
         _sqlite_wal(st)

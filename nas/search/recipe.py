@@ -11,7 +11,7 @@ Keys (all optional; defaults in brackets)::
     name: str                      # [search_<searcher>]
     description: str
     searcher: evolution | optuna | nsga2 | random     # [evolution]
-    max_evals: int >= 1            # [1000] evaluated candidates at most (one per distinct arch)
+    max_evals: 1..100,000          # [1000] evaluated candidates at most (one per distinct arch; nas.limits)
     max_tries: int >= 1            # [1000] draws allowed to find one new in-budget candidate (retry cap)
     batch_size: int >= 1           # [256] evaluation batch size
     baseline: bool                 # [true] also score the best of max_evals random candidates (not for random)
@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nas.errors import NasError
+from nas.limits import MAX_EVALS
 from nas.search.searchers import SEARCHERS, searcher as registered
 from nas.shipped import find
 from nas.space.schema import Reader, boolean, integer, one_of, text
@@ -92,8 +93,8 @@ class SearchRecipe:
     def with_max_evals(self, n: int | None) -> "SearchRecipe":
         if n is None:
             return self
-        if n < 1:
-            raise NasError(f"--max-evals must be at least 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_EVALS:
+            raise NasError(f"--max-evals must be an integer in [1, {MAX_EVALS:,}], got {n!r}")
         return replace(self, max_evals=n)
 
     def planned_evals(self) -> int:
@@ -132,7 +133,8 @@ def parse_search_recipe(root: Node, name: str = "") -> SearchRecipe:
     pos = integer(1, 10**9)
     out = SearchRecipe(
         searcher=searcher, name=r.take("name", text, name or d.name), description=r.take("description", text, ""),
-        max_evals=r.take("max_evals", pos, d.max_evals), max_tries=r.take("max_tries", pos, d.max_tries),
+        max_evals=r.take("max_evals", integer(1, MAX_EVALS), d.max_evals),
+        max_tries=r.take("max_tries", pos, d.max_tries),
         batch_size=r.take("batch_size", pos, d.batch_size), baseline=r.take("baseline", boolean, d.baseline),
         settings=_section(r, searcher, SEARCHERS[searcher].settings, root.file), file=root.file)
     r.done()

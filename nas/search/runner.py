@@ -55,7 +55,7 @@ from nas.search.searchers import Context, searcher as registered
 
 
 def search(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
-           searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str = "builtin",
+           searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str | None = None,
            recipe: str | Path | None = None, search_recipe: str | Path | None = None,
            supernet: str | Path | None = None, storage: str | None = None, out: str | Path | None = None,
            seed: int = 0, progress: bool = True, backend: Backend | None = None) -> SearchResult:
@@ -68,14 +68,16 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
                top=top, data=data, recipe=recipe, search_recipe=search_recipe, supernet=supernet, storage=storage,
                seed=seed, trains=backend.needs_supernet)
     run_dir = Path(out) if out is not None else job.default_out()
-    from nas.train.rundir import RunLock, check_run_json
+    from nas.train.rundir import RunLock, check_run_json, commit_run_json
     with RunLock(run_dir, activity="searching"), ExitStack() as stack:
-        resumed = check_run_json(run_dir, *job.identity())
+        info, compare = job.identity()
+        resumed = check_run_json(run_dir, info, compare)
         log = _Log(run_dir / "search.log", progress)
         log(f"{'resumed' if resumed else 'started'}: {job.target.name} ({job.space_file}), {job.budget.describe()}, "
             f"searcher {job.searcher}, seed {seed}; " + "; ".join(job.notes))
         trained = _supernet(job, run_dir, log, progress) if backend.needs_supernet else None
         scoring = backend.start(job.proxy.proxy, trained, job.recipe.batch_size, stack, log)
+        commit_run_json(run_dir, info)  # the supernet loads and candidates can be scored: the run has started
         found = _run_searcher(job, run_dir, scoring, progress)
         return finish(job, run_dir, found, scoring, trained, log, t0)
 
@@ -114,6 +116,10 @@ def _run_searcher(job: SearchJob, run_dir: Path, scoring: Scoring, progress: boo
             baseline.start()
         try:
             cands = found.run(obj, job.recipe.settings, ctx)
+        except BaseException:
+            if baseline is not None:
+                baseline.cancel()  # joined before the error goes up: no thread left inside torch at exit
+            raise
         finally:
             obj.close()
             history.close()
@@ -131,13 +137,19 @@ class _Baseline(threading.Thread):
         self.job, self.evaluate, self.run_dir, self.progress = job, evaluate, run_dir, progress
         self.requested: list[Candidate] = []
         self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop after the evaluation in progress (its row is written), and wait for that."""
+        self.stop.set()
+        self.join()
 
     def run(self) -> None:
         job = self.job
         try:
             history = History(self.run_dir / "baseline.csv")
             obj = Objective(job.proxy, job.budget, self.evaluate, history, job.recipe.planned_evals(), self.progress,
-                            desc="random baseline", position=1)
+                            desc="random baseline", position=1, stop=self.stop)
             try:
                 registered("random").run(obj, None, Context(job.seed, job.recipe.max_tries, self.run_dir))
             finally:

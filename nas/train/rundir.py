@@ -241,11 +241,11 @@ def check_resumable(run: Path, restored_step: int | None) -> None:
 
 
 def check_run_json(run: Path, info: dict[str, Any], compare: dict[str, str]) -> bool:
-    """Any job's run.json: write ``info`` when absent (returns False); else refuse (``NasError``) a run whose stored
-    ``info[key]`` differs for a key of ``compare`` (key -> what it is, for the message), and return True."""
+    """Any job's run.json: False when absent (a new run: ``commit_run_json`` once its work can start); else
+    refuse (``NasError``) a run whose stored ``info[key]`` differs for a key of ``compare`` (key -> what it is,
+    for the message), and return True."""
     meta = run / "run.json"
     if not meta.exists():
-        atomic_write(meta, json.dumps(info, indent=1))
         return False
     old = read_run_json(run, info["format"])
     for key, what in compare.items():
@@ -254,6 +254,14 @@ def check_run_json(run: Path, info: dict[str, Any], compare: dict[str, str]) -> 
                            f"{json.dumps(info.get(key))}); use the original {what} or another --out",
                            file=str(meta), key=key)
     return True
+
+
+def commit_run_json(run: Path, info: dict[str, Any]) -> None:
+    """Write run.json (``info``) unless it is there: the commit point of a job, once every input was checked and
+    its first unit of work can start, so that a failed start never blocks the corrected re-run."""
+    meta = run / "run.json"
+    if not meta.exists():
+        atomic_write(meta, json.dumps(info, indent=1))
 
 
 class CsvLog:
