@@ -150,6 +150,8 @@ def _read(path: Path, space: "SearchSpace | None") -> tuple[list[Candidate], byt
     keep = data[:data.rfind(b"\n") + 1]
     header = ",".join(COLUMNS)
     rows: list[Candidate] = []
+    if data and not keep:  # the header is written whole (atomic_write): a torn line always follows it
+        raise NasError(f"the first line is not the history header ({header}); {DAMAGED}", file=str(path), line=1)
     for n, line in enumerate(keep.decode("utf-8", errors="replace").split("\n")[:-1], 1):
         try:
             if n == 1 and line != header:

@@ -13,7 +13,7 @@ import pytest
 from nas.cli import main
 from nas.errors import NasError
 from nas.search.backend import Injected
-from nas.search.history import COLUMNS, DAMAGED, read_history
+from nas.search.history import COLUMNS, DAMAGED, History, read_history
 from nas.search.report import SearchResult
 from nas.search.runner import search
 from nas.space import load_space
@@ -165,3 +165,16 @@ def test_every_row_of_a_real_history_passes_the_space_check(reference):
     tmp, ref = reference
     rows = read_history(tmp / "ref" / "history.csv", load_space(tmp / "tiny.yaml"))
     assert rows == ref.candidates
+
+
+def test_a_file_without_a_complete_header_line_is_no_torn_history(tmp_path):
+    """The header is written whole: a file with no newline at all is not a killed writer's, and is kept."""
+    path = tmp_path / "history.csv"
+    path.write_text("some notes")
+    with pytest.raises(NasError, match=f"^{re.escape(str(path))}:1: the first line is not the history header"):
+        History(path)
+    assert path.read_text() == "some notes"
+    path.write_text("")                              # an empty file is an empty history: the header written
+    history = History(path)
+    history.close()
+    assert len(history) == 0 and path.read_text() == HEADER + "\n"
