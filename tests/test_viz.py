@@ -331,16 +331,22 @@ def test_viz_of_a_search_run(tmp_path, capsys):
     assert "a search run directory takes --out only" in capsys.readouterr().err
 
 
-def test_search_points_skip_a_non_finite_ranking_value(tmp_path):
-    """A history without losses is ranked by top-1; a candidate whose top-1 is nan is no point, and it still plots."""
+def test_search_points_skip_a_non_finite_ranking_value(tmp_path, capsys):
+    """A history ranked by loss: a candidate without one (nan) is no point, and it still plots. A nan top-1 is a
+    damaged history (``nas.search.history``): refused with its file:line, not drawn."""
     run = tmp_path / "run"
-    write_history(run, [candidate(0, 5, 0.3, math.nan, 1), candidate(1, 7, 0.6, math.nan, 1),
-                        candidate(2, 9, math.nan, math.nan, 1)])
+    write_history(run, [candidate(0, 5, 0.3, 1.0, 1), candidate(1, 7, 0.6, 0.8, 1), candidate(2, 9, 0.7, math.nan, 1)])
     rows = read_history(run / "history.csv")
-    assert best_so_far(rows, "score") == [0, 1, 1] and math.isnan(rows[2].score)
+    assert ranking_column(rows) == "loss" and best_so_far(rows) == [0, 1, 1] and math.isnan(rows[2].loss)
     assert [p.arch_hash for p in search_plot(run).points] == [f"{i:016x}" for i in (0, 1)]   # nan is no candidate
     assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
     check_png(tmp_path / "o" / "pareto.png")
+    write_history(tmp_path / "bad", [candidate(0, 5, 0.3, math.nan, 1), candidate(1, 9, math.nan, math.nan, 1)])
+    capsys.readouterr()
+    assert main(["viz", str(tmp_path / "bad"), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"nas: error: {tmp_path / 'bad' / 'history.csv'}:3: score 'nan' "
+                                                    "is not a finite number in [0, 1]; the history is damaged"), err
 
 
 def test_viz_with_supernet_weights(tmp_path, capsys):

@@ -2,20 +2,30 @@
 
 The history is also the evaluation cache of a resumed search: a searcher replays from its seed and every
 candidate already in the file is served from it instead of being evaluated again. A process killed while
-writing leaves at most one torn last line, which ``History`` drops (and rewrites the file without) on open.
-Scores and losses are written with ``repr`` so that they read back bit for bit, and a replay takes exactly
-the decisions of the uninterrupted run.
+writing leaves at most one torn last line (a final line without its newline), which ``History`` drops (and
+rewrites the file without) on open. Scores and losses are written with ``repr`` so that they read back bit for
+bit, and a replay takes exactly the decisions of the uninterrupted run.
+
+Every other line is checked on reading (``read_history``): the header first and only there, the column count,
+integers, finite numbers (top-1 in [0, 1]; a nan loss is an evaluator that defines none), the feasible flag, and,
+given the space, a vector it decodes whose arch has the hash the row claims. A bad line is a ``NasError`` naming
+the file and line, and the file is left as it is: nothing is dropped from a history without the user saying so.
 """
 from __future__ import annotations
 
 import csv
-import io
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from nas.atomic import atomic_write
+from nas.errors import NasError
+
+if TYPE_CHECKING:
+    from nas.space import SearchSpace
 
 COLUMNS = ("arch_hash", "generation_or_trial", "score", "loss", "objective", "macs", "params", "macs_mean",
            "target_macs", "target_params", "feasible", "seconds", "vector")
@@ -51,12 +61,25 @@ class Candidate:
 
     @classmethod
     def from_row(cls, row: list[str]) -> "Candidate":
-        """Inverse of ``row``; ValueError on anything malformed (a torn line)."""
-        if len(row) != len(COLUMNS) or len(row[0]) != 16:
-            raise ValueError(f"expected {len(COLUMNS)} columns")
-        return cls(row[0], int(row[1]), float(row[2]), float(row[3]), float(row[4]), int(row[5]), int(row[6]),
-                   int(row[7]) if row[7] else None, int(row[8]), int(row[9]), bool(int(row[10])), float(row[11]),
-                   tuple(int(v) for v in row[12].split("-")) if row[12] else ())
+        """Inverse of ``row``; ValueError saying what is wrong with anything else."""
+        if len(row) != len(COLUMNS):
+            raise ValueError(f"{len(row)} column(s), expected {len(COLUMNS)}")
+        v = dict(zip(COLUMNS, row))
+        if not _HASH.fullmatch(v["arch_hash"]):  # the arguments below are checked in column order
+            raise ValueError(f"arch_hash {v['arch_hash']!r} is not 16 hex digits")
+        return cls(v["arch_hash"], _count(v, "generation_or_trial"),
+                   _number(v, "score", "a finite number in [0, 1]", lambda x: 0.0 <= x <= 1.0),
+                   _number(v, "loss", "a finite number (or nan: no loss)", lambda x: not math.isinf(x)),
+                   _number(v, "objective"), _count(v, "macs"), _count(v, "params"),
+                   _count(v, "macs_mean") if v["macs_mean"] else None, _count(v, "target_macs"),
+                   _count(v, "target_params"), _flag(v, "feasible"), _number(v, "seconds"), _vector(v["vector"]))
+
+    def check(self, space: "SearchSpace") -> None:
+        """ValueError unless ``vector`` is an arch of the (target) ``space`` whose hash is ``arch_hash``."""
+        arch = space.decode(self.vector)  # ValueError: wrong length, index out of range
+        if arch.hash() != self.arch_hash:
+            raise ValueError(f"arch_hash {self.arch_hash} is not the hash of the arch its vector decodes to "
+                             f"({arch.hash()})")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,35 +103,88 @@ def rank_key(c: Candidate) -> tuple:
     return (-c.objective, -c.score, c.loss, c.target_macs, c.arch_hash)
 
 
-def read_history(path: Path) -> list[Candidate]:
-    """The complete rows of a history file (none if it does not exist); stops at a torn or malformed line."""
+_HASH = re.compile(r"[0-9a-f]{16}")
+_COUNT = re.compile(r"[0-9]+")
+_VECTOR = re.compile(r"[0-9]+(-[0-9]+)*")
+DAMAGED = "the history is damaged: restore it, delete the line(s) to re-evaluate them, or use another --out"
+
+
+def _count(v: dict[str, str], key: str) -> int:
+    if not _COUNT.fullmatch(v[key]):
+        raise ValueError(f"{key} {v[key]!r} is not a non-negative integer")
+    return int(v[key])
+
+
+def _flag(v: dict[str, str], key: str) -> bool:
+    if v[key] not in ("0", "1"):
+        raise ValueError(f"{key} {v[key]!r} is not 0 or 1")
+    return v[key] == "1"
+
+
+def _vector(text: str) -> tuple[int, ...]:
+    if text and not _VECTOR.fullmatch(text):
+        raise ValueError(f"vector {text!r} is not choice indices joined by '-'")
+    return tuple(int(i) for i in text.split("-")) if text else ()
+
+
+def _number(v: dict[str, str], key: str, what: str = "a finite number",
+            ok: Callable[[float], bool] = math.isfinite) -> float:
+    try:
+        x = float(v[key])
+    except ValueError:
+        x = math.inf
+    if v[key].strip() != v[key] or not ok(x):
+        raise ValueError(f"{key} {v[key]!r} is not {what}")
+    return x
+
+
+def read_history(path: Path, space: "SearchSpace | None" = None) -> list[Candidate]:
+    """The rows of a history file (none if it does not exist or is empty), a torn last line left out; every
+    other line checked (against ``space`` too where given: vector and hash). NasError at the first bad line."""
+    return _read(path, space)[0]
+
+
+def _read(path: Path, space: "SearchSpace | None") -> tuple[list[Candidate], bytes]:
+    """The rows, and the file's bytes up to its last newline (without a torn last line; b"" for no file)."""
+    data = path.read_bytes() if path.exists() else b""
+    keep = data[:data.rfind(b"\n") + 1]
+    header = ",".join(COLUMNS)
     rows: list[Candidate] = []
-    if not path.exists():
-        return rows
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
-    for line in lines[1:]:
-        if not line.endswith("\n"):
-            break  # torn last line of a killed writer
+    if data and not keep:  # the header is written whole (atomic_write): a torn line always follows it
+        raise NasError(f"the first line is not the history header ({header}); {DAMAGED}", file=str(path), line=1)
+    for n, line in enumerate(keep.decode("utf-8", errors="replace").split("\n")[:-1], 1):
         try:
-            rows.append(Candidate.from_row(next(csv.reader([line]))))
-        except (ValueError, StopIteration):
-            break
-    return rows
+            if n == 1 and line != header:
+                raise ValueError(f"the first line is not the history header ({header})")
+            if n == 1:
+                continue
+            if line == header:
+                raise ValueError("a second header line")
+            c = Candidate.from_row(line.split(","))
+            if space is not None:
+                c.check(space)
+        except ValueError as e:
+            raise NasError(f"{e}; {DAMAGED}", file=str(path), line=n) from None
+        rows.append(c)
+    return rows, keep
 
 
 class History:
     """``history.csv`` of a run: ``cached[hash]`` for every row so far, ``append`` one durable row at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, space: "SearchSpace | None" = None) -> None:
+        """Reads ``path`` (``read_history``, checked against the target ``space`` where given): NasError, the
+        file untouched, at a bad line; a torn last line is dropped from the file, a missing header written."""
         self.path = path
-        self.rows: list[Candidate] = read_history(path)
+        rows, keep = _read(path, space)
+        self.rows: list[Candidate] = rows
         seen: dict[str, Candidate] = {}
         for c in self.rows:
             seen.setdefault(c.arch_hash, c)
         self.cached = seen
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([list(COLUMNS), *(c.row() for c in self.rows)])
-        atomic_write(path, buf.getvalue())
+        keep = keep or (",".join(COLUMNS) + "\n").encode()
+        if not path.exists() or path.stat().st_size != len(keep):  # new, or a torn last line to drop
+            atomic_write(path, keep)
         self._file = open(path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file, lineterminator="\n")
 

@@ -8,7 +8,8 @@ with the Pareto front on (MACs, loss), the budget and the winner, top-1 beside i
 Decisions:
 
 - The history is read by the search's own reader (``nas.search.history.read_history``: ``Candidate`` rows, a torn
-  last line dropped); the budget and the winner come from ``run.json`` and ``summary.json`` when there.
+  last line dropped, any other bad line a file:line error); the budget and the winner come from ``run.json`` and
+  ``summary.json`` when there.
 - A history whose losses are all non-finite (an evaluator that defines no loss) is drawn on top-1 instead, and
   its axes say so; a candidate whose value on the ranking key is not finite is no point.
 - A point's MACs are what the budget bounds: the measured mean (``macs_mean``) for a mean budget where there is

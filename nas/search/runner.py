@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nas.search.backend import Backend, Local, Scoring, Trained
-from nas.search.history import Candidate, History, best
+from nas.search.history import Candidate, History, best, read_history
 from nas.search.job import SearchJob, plan
 from nas.search.objective import Evaluate, Objective
 from nas.search.proxy import ProxyMap, check_same_dimensions
@@ -72,6 +72,8 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
     with RunLock(run_dir, activity="searching"), ExitStack() as stack:
         info, compare = job.identity()
         resumed = check_run_json(run_dir, info, compare)
+        for name in ("history.csv", "baseline.csv"):  # a damaged history fails now, not after the supernet
+            read_history(run_dir / name, job.target)
         log = _Log(run_dir / "search.log", progress)
         log(f"{'resumed' if resumed else 'started'}: {job.target.name} ({job.space_file}), {job.budget.describe()}, "
             f"searcher {job.searcher}, seed {seed}; " + "; ".join(job.notes))
@@ -104,10 +106,14 @@ def _supernet(job: SearchJob, run_dir: Path, log: "_Log", progress: bool) -> Tra
 def _run_searcher(job: SearchJob, run_dir: Path, scoring: Scoring, progress: bool) -> Found:
     """The searcher into ``history.csv`` and, in a thread beside it, the random baseline into ``baseline.csv``."""
     found = registered(job.searcher)
+    history = History(run_dir / "history.csv", job.target)
     baseline = None
     if job.recipe.baseline and found.baseline:
-        baseline = _Baseline(job, scoring.baseline(), run_dir, progress)
-    history = History(run_dir / "history.csv")
+        try:
+            baseline = _Baseline(job, scoring.baseline(), History(run_dir / "baseline.csv", job.target), progress)
+        except BaseException:
+            history.close()
+            raise
     obj = Objective(job.proxy, job.budget, scoring.search, history, job.recipe.max_evals, progress,
                     desc=f"search ({job.searcher})")
     ctx = Context(job.seed, job.recipe.max_tries, run_dir, job.storage, job.study_name(), scoring.run_study)
@@ -132,9 +138,9 @@ class _Baseline(threading.Thread):
     for as many candidates as the searcher plans. ``result(n)``: the best of its first ``n`` candidates (the
     search's count) and how many that was."""
 
-    def __init__(self, job: SearchJob, evaluate: Evaluate, run_dir: Path, progress: bool) -> None:
+    def __init__(self, job: SearchJob, evaluate: Evaluate, history: History, progress: bool) -> None:
         super().__init__(name="nas-random-baseline", daemon=True)
-        self.job, self.evaluate, self.run_dir, self.progress = job, evaluate, run_dir, progress
+        self.job, self.evaluate, self.history, self.progress = job, evaluate, history, progress
         self.requested: list[Candidate] = []
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -145,13 +151,12 @@ class _Baseline(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        job = self.job
+        job, history = self.job, self.history
         try:
-            history = History(self.run_dir / "baseline.csv")
             obj = Objective(job.proxy, job.budget, self.evaluate, history, job.recipe.planned_evals(), self.progress,
                             desc="random baseline", position=1, stop=self.stop)
             try:
-                registered("random").run(obj, None, Context(job.seed, job.recipe.max_tries, self.run_dir))
+                registered("random").run(obj, None, Context(job.seed, job.recipe.max_tries, history.path.parent))
             finally:
                 obj.close()
                 history.close()
