@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from nas import __version__
 from nas.errors import NasError
-from nas.limits import MAX_EVALS, MAX_SAMPLES, check_folder
+from nas.limits import MAX_EVALS, MAX_RANK_ARCHS, MAX_RANK_SEEDS, MAX_SAMPLES, MAX_SEED, check_folder
 from nas.space.schema import human
 
 
@@ -41,6 +42,11 @@ def int_in(lo: int, hi: int | None = None) -> Any:
             raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
         return value
     return parse
+
+
+SEED = int_in(0, MAX_SEED)
+"""The argparse type of every command's ``--seed``: the range ``torch.manual_seed`` accepts."""
+SEED_HELP = f"0..{MAX_SEED} (default 0)"
 
 
 def path_arg(text: str) -> str:
@@ -123,10 +129,7 @@ def cmd_space_sample(args: argparse.Namespace) -> None:
         c = cost(arch)
         if out is not None:
             path = out / f"{space.name}-{i:03d}-{arch.hash()}.yaml"  # the name is a safe file name (schema)
-            try:
-                save_arch(arch, path)
-            except OSError as e:
-                raise NasError(f"cannot write: {e.strerror or e}", file=str(path)) from None
+            save_arch(arch, path)  # a refused write is one line (nas.atomic.WriteError)
             print(f"{path}  MACs {human(c.macs)}  params {human(c.params)}")
         else:
             print(f"--- # {space.name} sample {i}: MACs {human(c.macs)}, params {human(c.params)}, hash {arch.hash()}")
@@ -236,6 +239,8 @@ def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train_supernet(args: argparse.Namespace) -> None:
     from nas.train import train_supernet
+    if args.out:
+        check_folder(args.out)
     ray = _ray_train(args)
     kwargs = dict(space=args.space, data=args.data, recipe=_recipe(args, "supernet"), out=args.out)
     if ray is not None:
@@ -248,6 +253,8 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
+    if args.out:
+        check_folder(args.out)
     if Path(args.target).is_dir():  # a search run directory: the search's pictures
         if args.data or args.weights or args.supernet:
             raise NasError("--data, --weights and --supernet picture an arch; a search run directory takes --out "
@@ -263,6 +270,8 @@ def cmd_viz(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     from nas.train import retrain
+    if args.out:
+        check_folder(args.out)
     ray = _ray_train(args)
     kwargs = dict(arch_file=args.arch, data=args.data, recipe=_recipe(args, "retrain"), out=args.out, init=args.init)
     if ray is not None:
@@ -278,6 +287,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 def cmd_rank_check(args: argparse.Namespace) -> None:
     from nas.search.rank_check import rank_check, report
+    if args.out:
+        check_folder(args.out)
     r = rank_check(args.supernet_run, args.n, out=args.out, recipe=args.recipe, seed=args.seed, seeds=args.seeds,
                    band=args.band, workers=args.workers)
     print(report(r))
@@ -287,6 +298,8 @@ def cmd_rank_check(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from nas.search.report import table
     from nas.search.runner import search
+    if args.out:
+        check_folder(args.out)
     backend = None
     if args.ray_address is None:
         _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries},
@@ -328,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("space", type=path_arg, help=SPACE_HELP)
     sm.add_argument("-n", type=int_in(1, MAX_SAMPLES), default=1,
                     help=f"how many distinct archs, 1..{MAX_SAMPLES:,} and at most the size of the space (default 1)")
-    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--seed", type=SEED, default=0, help=f"seed of the sampling, {SEED_HELP}")
     sm.add_argument("--out", type=path_arg, help="folder to write arch files into (default: print YAML)")
     sm.set_defaults(func=cmd_space_sample)
     ls = ssub.add_parser("list", help="the shipped spaces, then the shipped reference archs (reference/NAME: "
@@ -346,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--images", type=int_in(1), default=256, help="images to measure over with --data (default 256)")
     f.add_argument("--weights", type=path_arg,
                    help="safetensors weights for the arch, with --data (default: seeded random init)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=SEED, default=0, help=f"seed of the random init with --data, {SEED_HELP}")
     f.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, help="with --data: measure with this trained supernet's "
                    "weights sliced for the arch (default data: the run's)")
     f.set_defaults(func=cmd_flops)
@@ -379,10 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a `nas search` run directory (Pareto plot and best-so-far curve)")
     vz.add_argument("--data", help="images from the val split of this data (default: the supernet's, else builtin)")
     vz.add_argument("--images", type=int, default=4, help="how many images (default 4)")
-    vz.add_argument("--out", help="folder for the PNGs (default viz/<arch>, or RUN_DIR/viz)")
+    vz.add_argument("--out", type=path_arg, help="folder for the PNGs (default viz/<arch>, or RUN_DIR/viz)")
     vz.add_argument("--weights", help="safetensors weights for the arch (default: seeded random init)")
     vz.add_argument("--supernet", metavar="RUN_DIR", help="use this trained supernet's weights sliced for the arch")
-    vz.add_argument("--seed", type=int, default=0)
+    vz.add_argument("--seed", type=SEED, default=0, help=f"seed of the random init and of the data, {SEED_HELP}")
     vz.set_defaults(func=cmd_viz)
 
     r = sub.add_parser("retrain", help="train an exported arch from scratch or its inherited weights (resumable)")
@@ -402,17 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
     rk = sub.add_parser("rank-check", help="does the supernet rank subnets as training them alone does? "
                         "(reliability ICC, Kendall tau and Spearman rho with CIs, MACs and params baselines; resumable)")
     rk.add_argument("supernet_run", type=path_arg, help="a trained supernet run directory")
-    rk.add_argument("-n", type=int, default=12, help="archs spread over the MACs range (default 12)")
+    rk.add_argument("-n", type=int_in(3, MAX_RANK_ARCHS), default=12, help=f"archs spread over the MACs range, "
+                    f"3..{MAX_RANK_ARCHS:,} (default 12)")
     rk.add_argument("--recipe", type=path_arg, help="standalone training recipe, a YAML file or a shipped name "
                     "(default: the supernet's own)")
-    rk.add_argument("--seed", type=int, default=0, help="seed of the arch sampling")
-    rk.add_argument("--seeds", type=int, default=3, help="train each arch alone this many times (recipe seed, "
+    rk.add_argument("--seed", type=SEED, default=0, help=f"seed of the arch sampling, {SEED_HELP}")
+    rk.add_argument("--seeds", type=int_in(1, MAX_RANK_SEEDS), default=3, help=f"train each arch alone this many "
+                    f"times, 1..{MAX_RANK_SEEDS} (recipe seed, "
                     "seed+1, ...); 2 or more also reports the reliability of standalone training, ICC(1) with its "
                     "CI and F-test, and compares with the seed mean (default 3)")
     rk.add_argument("--band", help="draw the archs inside one MACs band LO:HI of the space as written (e.g. "
                     "1.0G:1.3G), so that size alone cannot explain the ranking (default: the whole MACs range)")
-    rk.add_argument("--workers", type=int, default=1, help="standalone trainings at once, one process each "
-                    "(default 1)")
+    rk.add_argument("--workers", type=int_in(1, os.cpu_count() or 1), default=1, help="standalone trainings at "
+                    "once, one process each, at most the CPUs of this machine (default 1)")
     rk.add_argument("--out", type=path_arg, help="folder of the runs and results (default <run>/../rank-check); "
                     "re-running resumes")
     rk.set_defaults(func=cmd_rank_check)
@@ -438,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "search_evolution, search_optuna, ...; default: the values of search_<searcher>)")
     se.add_argument("--supernet", help="a trained supernet run directory to search instead of training one")
     se.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run directory)")
-    se.add_argument("--out", help="run directory (default runs/<space>-search-<budget>-<searcher>-s<seed>); "
+    se.add_argument("--out", type=path_arg, help="run directory (default runs/<space>-search-<budget>-<searcher>-s<seed>); "
                     "re-running on it resumes")
-    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--seed", type=SEED, default=0, help=f"seed of the search, {SEED_HELP}")
     se.add_argument("--ray-address", metavar="ADDR", help="evaluate candidates on Ray actors: local (a Ray instance "
                     "for this job), auto (this machine's cluster) or HOST:PORT of a head; same results "
                     "(docs/search.md, 'Search on Ray')")

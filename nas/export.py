@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nas.arch import Arch, Provenance
-from nas.atomic import TMP, atomic_write
+from nas.atomic import TMP, atomic_write, make_dirs, write_error
 from nas.space import arch_yaml
 
 PARETO_COLUMNS = ("arch_hash", "score", "loss", "objective", "macs", "params", "feasible", "vector")
@@ -39,8 +39,13 @@ def save_weights(state_dict: dict[str, Any], path: Path, metadata: dict[str, str
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise write_error(e, path) from None
         raise
     return path
 
@@ -49,7 +54,7 @@ def export_arch(folder: Path, stem: str, target_arch: Arch, proxy_arch: Arch | N
                 header: Sequence[str], supernet: Any | None, proxy_provenance: Provenance | None = None) -> list[Path]:
     """``<stem>.yaml`` (target) and its inherited weights: ``<stem>.safetensors`` when ``proxy_arch`` is None
     (the supernet is the target's), else ``<stem>.proxy.yaml`` + ``<stem>.proxy.safetensors``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     out = [save_arch_with_header(replace(target_arch, provenance=provenance), folder / f"{stem}.yaml", header)]
     if supernet is None:
         return out

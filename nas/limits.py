@@ -40,6 +40,14 @@ MAX_SAMPLES = 10_000
 MAX_EVALS = 100_000
 """Evaluations one search may make (``--max-evals``, a search recipe's ``max_evals``; ``--top`` exports at most as
 many): about 10 hours at the CPU job's 3 per second, 100 times the SPOS/AutoFormer budget of 1,000."""
+MAX_RANK_ARCHS = 1_000
+"""``nas rank-check -n``: archs trained alone (published rank checks use 10 to 100)."""
+MAX_RANK_SEEDS = 100
+"""``nas rank-check --seeds``: standalone trainings per arch (3 to 5 are usual)."""
+MAX_SEED = 2**63 - 1
+"""``--seed`` of every command: 0..2**63-1, what ``torch.manual_seed`` accepts."""
+PATH_RESERVE = 128
+"""Characters of a path kept for the files a command writes inside its ``--out`` (``checkpoints/...``)."""
 MAX_SYNTHETIC = 100_000
 """Images of ``--data synthetic:N``."""
 MAX_IDX_ITEMS = 1_000_000
@@ -80,13 +88,52 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
+def shown(path: str | os.PathLike, most: int = 120) -> str:
+    """``path`` for an error line: a very long one shortened in the middle."""
+    text = str(path)
+    return text if len(text) <= most else f"{text[:most // 2]}...({len(text):,} characters)...{text[-most // 3:]}"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a loop of links: not there for our purpose
+        return False
+
+
+def _fs_limit(path: Path, name: str, default: int) -> int:
+    """``os.pathconf`` of the file system holding ``path`` (an existing folder), ``default`` where it says nothing."""
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
 def check_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` as a folder to write into: it may not exist yet, but neither it nor a parent may be a file."""
+    """``path`` as a folder to write into: it may not exist yet, but neither it nor a parent may be a file, its
+    names must fit the file system (``PC_NAME_MAX``, ``PC_PATH_MAX`` less ``PATH_RESERVE``), and the folder (or
+    its nearest existing parent) must be writable. Checked before any work, one NasError line."""
     path = Path(path)
+    base = next((p for p in (path, *path.parents) if _exists(p) and p.is_dir()), Path("."))
+    name_max = _fs_limit(base, "PC_NAME_MAX", 255)
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        raise NasError(f"{flag} has a name of {len(os.fsencode(long)):,} bytes; the file system allows {name_max} "
+                       f"per name: give a shorter {flag}", file=shown(path))
+    path_max = _fs_limit(base, "PC_PATH_MAX", 4096) - PATH_RESERVE
+    size = len(os.fsencode(os.path.abspath(path)))
+    if size > path_max:
+        raise NasError(f"{flag} is a path of {size:,} bytes (absolute); the file system allows {path_max + PATH_RESERVE:,}, "
+                       f"{PATH_RESERVE} of which are kept for the files written inside: give a shorter {flag} "
+                       f"(at most {path_max:,})", file=shown(path))
     for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
+        if _exists(p) and not p.is_dir():
             what = f"{flag} names an existing file" if p == path else f"{flag} is under {p}, which is a file"
             raise NasError(f"{what}; give a folder (it is created if missing)", file=str(path))
+    if not os.access(base, os.W_OK | os.X_OK):
+        where = "is a folder" if base == path else f"would be created in {base}, a folder"
+        raise NasError(f"{flag} {where} this user cannot write into; change its permissions or give another "
+                       f"{flag}", file=str(path))
     return path
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer
 from nas.atomic import atomic_write
 from nas.errors import NasError
+from nas.limits import MAX_SEED, check_folder
 
 __all__ = ["sampling_points", "token_footprints", "kept_tokens", "coarse_fine_regions", "mechanisms",
            "visualize", "viz"]
@@ -259,10 +260,12 @@ def visualize(arch: Arch, out: str | Path, data: str | None = None, images: int 
         raise NasError("give --weights or --supernet, not both")
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise NasError(f"--images must be a positive integer, got {images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise NasError(f"--seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if not mechanisms(arch):
         raise NasError(f"arch {arch.name or arch.hash()} has no mechanism to picture; pictures exist for the "
                        "progressive tokenizer, ats and the coarse_fine tokenizer")
-    out, files = Path(out), []
+    out, files = check_folder(out), []
     with _model(arch, data, images, weights, supernet, seed) as (model, arch, x, y, source), torch.no_grad():
         logits = model(x)                                                   # records what the pictures show
         kinds = mechanisms(arch)

@@ -222,6 +222,50 @@ def _space_file(tmp: Path) -> str:
     return write(tmp / "space.yaml", SPACE)
 
 
+# --- output folders, bounds and run files of the newer commands (issue 17) ---------------------------------------
+LONG_NAME = "a" * 300        # above any file system's NAME_MAX (255 on Linux and macOS)
+OUT_COMMANDS = ("search", "retrain", "train-supernet", "rank-check", "viz")
+
+
+def _with_out(tmp: Path, command: str, out: str) -> list[str]:
+    """``command`` with valid-looking other arguments and ``--out out``: the folder is checked before any of them."""
+    first = {"search": [_space_file(tmp), "--flops", "1G"], "retrain": [arch_file(tmp), "--data", DATA],
+             "train-supernet": [_space_file(tmp), "--data", DATA], "rank-check": [str(tmp / "sn"), "-n", "3"],
+             "viz": [arch_file(tmp)]}[command]
+    return [command, *first, "--out", out]
+
+
+def _seed_huge(tmp: Path, command: str) -> list[str]:
+    first = {"search": [_space_file(tmp)], "space": ["sample", _space_file(tmp)], "flops": [arch_file(tmp)],
+             "rank-check": [str(tmp / "sn")], "viz": [arch_file(tmp)]}[command]
+    return [command, *first, "--seed", str(2**70)]
+
+
+def _run_json_edited(tmp: Path, edit: Callable[[dict], None]) -> str:
+    """A complete supernet run directory (``_run_with_weights``) whose run.json is then ``edit``ed."""
+    import json
+    run = Path(_run_with_weights(tmp, b"not weights\n"))
+    info = json.loads((run / "run.json").read_text())
+    edit(info)
+    (run / "run.json").write_text(json.dumps(info))
+    return str(run)
+
+
+def _sha256_text(info: dict) -> None:
+    info["data"]["sha256"] = "abc"
+
+
+def _recipe_list(info: dict) -> None:
+    info["recipe"] = ["x"]
+
+
+def _viz_output_is_a_folder(tmp: Path) -> tuple[list[str], str, str, str]:
+    from tests.test_viz import write_run
+    write_run(tmp / "run")
+    (tmp / "run" / "viz" / "pareto.png").mkdir(parents=True)
+    return ["viz", str(tmp / "run")], "viz/pareto.png", "a folder has this file's name", str(tmp / "run" / "viz")
+
+
 CASES: dict[str, Case] = {
     # --- arch files ----------------------------------------------------------------------------------
     "arch_without_format": lambda t: (["flops", arch_file(t, ARCH.replace("format: nas-arch/1\n", ""))],
@@ -329,6 +373,37 @@ CASES: dict[str, Case] = {
                                      "supernet.safetensors", "a Python pickle (never loaded", None),
     "flag_data_of_a_space": lambda t: (["flops", _space_file(t), "--data", DATA], "space.yaml",
                                        "give an arch file, not a space", None),
+    **{f"flag_out_name_too_long_{c}": (lambda t, c=c: (_with_out(t, c, str(t / LONG_NAME)), "--out has a name of 300 "
+                                                         "bytes", "per name: give a shorter --out", None))
+       for c in OUT_COMMANDS},
+    **{f"flag_out_path_too_long_{c}": (lambda t, c=c: (_with_out(t, c, str(t / ("abcdefghi/" * 500))), "--out is a "
+                                                         "path of", "give a shorter --out (at most", None))
+       for c in OUT_COMMANDS},
+    **{f"flag_out_is_a_file_{c}": (lambda t, c=c: (_with_out(t, c, write(t / "taken", "x\n")), "taken",
+                                                     "--out names an existing file", None))
+       for c in ("rank-check", "viz", "search", "retrain")},
+    "flag_viz_out_under_a_file": lambda t: (_with_out(t, "viz", write(t / "f", "x\n") + "/o"), "f/o", "which is a file",
+                                            None),
+    **{f"flag_seed_huge_{c}": (lambda t, c=c: (_seed_huge(t, c), "argument --seed",
+                                               "in [0, 9,223,372,036,854,775,807], got 1180591620717411303424", None))
+       for c in ("search", "space", "flops", "rank-check", "viz")},
+    "flag_seed_negative": lambda t: (_seed_huge(t, "viz")[:-1] + ["-1"], "argument --seed", "got -1", None),
+    "flag_rank_n_huge": lambda t: (["rank-check", str(t / "sn"), "-n", "100000000"], "argument -n",
+                                   "in [3, 1,000], got 100000000", None),
+    "flag_rank_n_two": lambda t: (["rank-check", str(t / "sn"), "-n", "2"], "argument -n", "got 2", None),
+    "flag_rank_seeds_huge": lambda t: (["rank-check", str(t / "sn"), "--seeds", "1000000"], "argument --seeds",
+                                       "in [1, 100]", None),
+    "flag_rank_seeds_zero": lambda t: (["rank-check", str(t / "sn"), "--seeds", "0"], "argument --seeds", "got 0", None),
+    "flag_rank_workers_huge": lambda t: (["rank-check", str(t / "sn"), "--workers", "100000"], "argument --workers",
+                                         "got 100000", None),
+    "run_json_sha256_not_a_mapping_eval": lambda t: (["eval", arch_file(t), "--supernet", _run_json_edited(t, _sha256_text)],
+                                                     "run.json: data.sha256", "expected a mapping (split -> digest), "
+                                                     "got a string", None),
+    "run_json_recipe_a_list": lambda t: (["eval", arch_file(t), "--supernet", _run_json_edited(t, _recipe_list)],
+                                         "run.json: recipe", "expected a mapping, got a list", None),
+    "run_history_is_a_folder": lambda t: (["viz", str((t / "run" / "history.csv").mkdir(parents=True) or t / "run")],
+                                          "run/history.csv", "history.csv is a folder", None),
+    "run_viz_output_is_a_folder": _viz_output_is_a_folder,
 }
 
 
@@ -357,4 +432,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing_outside(name: str, tmp_
 
 def test_corpus_covers_every_kind():
     kinds = {name.split("_")[0] for name in CASES}
-    assert kinds == {"arch", "recipe", "data", "weights", "flag", "run"} and len(CASES) >= 50
+    assert kinds == {"arch", "recipe", "data", "weights", "flag", "run"} and len(CASES) >= 80

@@ -7,6 +7,7 @@ Tiny on purpose: 16x16 synthetic images, width 16, one or two steps.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,92 @@ def test_a_failure_after_some_steps_but_before_a_checkpoint_leaves_nothing_to_re
     assert r.steps == 1 and r.resumed_from is None
     rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
     assert len(rows) == 2  # the header and the new run's one step: the stopped run's rows are gone
+
+
+# --- the newer commands: rank-check and search on a trained supernet (issue 17) ---------------------------------
+RANK_SPACE = """\
+name: tiny3
+input: {size: 16, channels: 3}
+num_classes: 3
+tokenizer: {type: patch, patch_size: 4}
+head: cls
+stages:
+  - dim: {choice: [8, 16, 24]}
+    heads: 2
+    mlp_ratio: {choice: [1, 2]}
+    cells: {repeat: 2, choice: [basic, identity]}
+"""
+RANK_RECIPE = ("seed: 0\nepochs: 1\nbatch_size: 24\noptimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}\n"
+               "label_smoothing: 0.0\ndata: {holdout: 0.25}\ndevice: cpu\n")
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory) -> Path:
+    """A trained tiny supernet run (3 steps), shared by the tests below: they copy it before editing it."""
+    root = tmp_path_factory.mktemp("supernet")
+    (root / "space.yaml").write_text(RANK_SPACE)
+    (root / "recipe.yaml").write_text(RANK_RECIPE)
+    train_supernet(str(root / "space.yaml"), data="synthetic:120:3", recipe=str(root / "recipe.yaml"),
+                   out=root / "sn", progress=False)
+    return root
+
+
+def _cli(capsys, argv: list[str]) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_rank_check_band_outside_the_space_then_corrected(supernet, tmp_path, capsys):
+    """Refused from the space's exact MACs range before any draw, writing nothing; the corrected run then works."""
+    out = tmp_path / "rc"
+    argv = ["rank-check", str(supernet / "sn"), "-n", "3", "--seeds", "1", "--out", str(out)]
+    code, err = _cli(capsys, argv + ["--band", "100G:200G"])
+    line = error_line(err)
+    assert code == 2 and "--band 100.0G:200.0G is outside the reachable MACs range of 'tiny3'" in line, err
+    assert "choose a band in that range" in line and not out.exists()
+    code, err = _cli(capsys, argv)
+    assert code == 0, err
+    assert (out / "rank_check.json").exists()
+
+
+def test_search_with_a_malformed_supernet_run_json_then_corrected(supernet, tmp_path, capsys):
+    """A supernet run.json whose data digest is not a mapping: one line naming the file and key, no TypeError;
+    once run.json is fixed the same command on the same --out runs."""
+    sn = tmp_path / "sn"
+    shutil.copytree(supernet / "sn", sn)
+    good = (sn / "run.json").read_text()
+    info = json.loads(good)
+    info["data"]["sha256"] = "abc"
+    (sn / "run.json").write_text(json.dumps(info))
+    argv = ["search", str(supernet / "space.yaml"), "--flops", "150K", "--supernet", str(sn), "--searcher", "random",
+            "--max-evals", "2", "--out", str(tmp_path / "s")]
+    code, err = _cli(capsys, argv)
+    assert code == 2 and error_line(err).startswith(f"nas: error: {sn / 'run.json'}: data.sha256: expected a mapping")
+    (sn / "run.json").write_text(good)
+    code, err = _cli(capsys, argv)
+    assert code == 0, err
+    for name in ("summary.json", "best.yaml"):  # an output file that is a folder: one line on resume, then fixed
+        (tmp_path / "s" / name).unlink()
+        (tmp_path / "s" / name).mkdir()
+        code, err = _cli(capsys, argv)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"nas: error: {tmp_path / 's' / name}: cannot write this file"), err
+        assert "a folder has this file's name" in line
+        (tmp_path / "s" / name).rmdir()
+        code, err = _cli(capsys, argv)
+        assert code == 0 and (tmp_path / "s" / name).is_file(), err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into any folder")
+@pytest.mark.parametrize("command", ["rank-check", "viz"])
+def test_out_in_a_folder_this_user_cannot_write(supernet, tmp_path, capsys, command):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        target = [str(supernet / "sn"), "-n", "3"] if command == "rank-check" else [str(supernet / "space.yaml")]
+        code, err = _cli(capsys, [command, *target, "--out", str(locked / "out")])
+        assert code == 2 and "cannot write into" in error_line(err) and not (locked / "out").exists(), err
+    finally:
+        locked.chmod(0o700)

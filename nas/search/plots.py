@@ -26,6 +26,7 @@ from typing import Sequence
 
 from nas.atomic import atomic_write
 from nas.errors import NasError
+from nas.limits import check_folder
 from nas.search.history import Candidate, read_history
 
 __all__ = ["ranking_column", "pareto_front", "best_so_far", "SearchPoint", "SearchPlot", "search_plot",
@@ -131,7 +132,13 @@ def search_plot(run_dir: str | Path) -> SearchPlot:
     hist = run / "history.csv"
     if not hist.exists():
         raise NasError("not a search run directory (no history.csv); make one with `nas search`", file=str(run))
-    rows = read_history(hist)
+    if not hist.is_file():
+        raise NasError("history.csv is a folder, not the history file `nas search` writes; give a run directory "
+                       "of `nas search` (or move that folder away)", file=str(hist))
+    try:
+        rows = read_history(hist)
+    except OSError as e:
+        raise NasError(f"cannot read history.csv: {e.strerror or e}", file=str(hist)) from None
     if not rows:
         raise NasError("history.csv has no evaluated candidate yet", file=str(hist))
     info, summary = _json(run / "run.json"), _json(run / "summary.json")
@@ -212,7 +219,7 @@ def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list
     (the lowest in-budget loss after each evaluation; below it the top-1 of that candidate). A history without a
     finite loss is drawn on top-1, and the axes say so."""
     plot = search_plot(run_dir)
-    out = Path(run_dir) / "viz" if out is None else Path(out)
+    out = check_folder(Path(run_dir) / "viz" if out is None else out)
     top = max((p.macs for p in plot.points), default=0.0)
     unit, scale = next(((u, v) for u, v in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if top >= v), ("", 1.0))
     xlabel = f"{'mean ' if plot.on_mean else ''}MACs" + (f" ({unit})" if unit else "")

@@ -51,9 +51,10 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from nas.atomic import atomic_write
+from nas.atomic import atomic_write, make_dirs
 from nas.cost import cost
 from nas.errors import NasError
+from nas.limits import MAX_RANK_ARCHS, MAX_RANK_SEEDS, MAX_SEED, check_folder
 from nas.stats import icc1, rank_correlation
 
 
@@ -109,6 +110,24 @@ FIELDS = ("index", "arch_hash", "macs", "params", "inherited_top1", "inherited_l
 with a band ``target_macs`` and ``target_params`` (the target arch's, the MACs the band bounds)."""
 
 
+def _check_int(flag: str, value: object, lo: int, hi: int, what: str) -> None:
+    """Refuse ``value`` unless it is an integer in [lo, hi] (the CLI's argparse types say the same)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise NasError(f"{flag}: expected an integer in [{lo}, {hi:,}] ({what}), got {value!r}")
+
+
+def check_band(space, lo: int, hi: int) -> None:
+    """Refuse a ``--band`` outside the exact MACs range of ``space`` (the space as written, ``cost_bounds``), as
+    ``nas search --flops`` does, before any arch is drawn."""
+    from nas.search.budget import human
+
+    bounds = space.cost_bounds()
+    if lo > bounds["max_macs"] or hi < bounds["min_macs"]:
+        raise NasError(f"--band {human(lo)}:{human(hi)} is outside the reachable MACs range of {space.name!r}, "
+                       f"{human(bounds['min_macs'])} .. {human(bounds['max_macs'])} (worst case per image); choose a "
+                       f"band in that range")
+
+
 def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = None, recipe: str | None = None,
                seed: int = 0, progress: bool = True, seeds: int = 3, band: str | None = None,
                workers: int = 1) -> dict:
@@ -121,30 +140,31 @@ def rank_check(supernet_run: str | Path, n: int = 12, out: str | Path | None = N
     from nas.train.recipe import load_recipe
     from nas.train.retrain import retrain
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 3:
-        raise NasError(f"-n: expected an integer >= 3 (archs to rank), got {n!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise NasError(f"--seeds: expected an integer >= 1 (standalone trainings per arch), got {seeds!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise NasError(f"--workers: expected an integer >= 1 (trainings at once), got {workers!r}")
+    import os
+
+    _check_int("-n", n, 3, MAX_RANK_ARCHS, "archs to rank")
+    _check_int("--seeds", seeds, 1, MAX_RANK_SEEDS, "standalone trainings per arch")
+    _check_int("--workers", workers, 1, os.cpu_count() or 1, "trainings at once, at most the CPUs of this machine")
+    _check_int("--seed", seed, 0, MAX_SEED, "seed of the arch sampling")
     lo_hi = None
     if band is not None:
         from nas.search.budget import parse_range
         lo_hi = parse_range(band, "--band")
+    out = check_folder(out if out is not None else Path(supernet_run).resolve().parent / "rank-check")
     run = load_supernet_run(supernet_run)
     rc = run.recipe if recipe is None else load_recipe(recipe)
     rc = replace(rc, space_overrides={}, width_multiplier=1.0)
-    out = Path(out) if out is not None else Path(supernet_run).resolve().parent / "rank-check"
     if lo_hi is not None:
+        check_band(run.target_space(), *lo_hi)
         drawn = band_archs(run.target_space(), n, *lo_hi, seed)  # in the space as written, where budgets are
         archs, target = [run.proxy_arch(a) for a in drawn], [cost(a) for a in drawn]
     else:
         archs = spread_archs(run.space, n, seed)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)  # the inputs are valid and the first training starts now: a failed start wrote nothing
     jobs = []  # (arch file, recipe, run directory) of every standalone training; seed 0 in run/, seed k in run-s<k>/
     for i, arch in enumerate(archs):
         d = out / f"{i:02d}-{arch.hash()[:12]}"
-        d.mkdir(exist_ok=True)
+        make_dirs(d)
         if not (d / "arch.yaml").exists():
             save_arch(arch, d / "arch.yaml")
         jobs += [(d / "arch.yaml", replace(rc, seed=rc.seed + k), d / ("run" if k == 0 else f"run-s{k}"))

@@ -51,6 +51,9 @@ class SupernetRun:
         from nas.space import load_space
 
         file = self.info["space"]["file"]  # as given: a path or a shipped space name (nas.shipped)
+        if not isinstance(file, str):
+            raise NasError("run.json records no space file (null), so the space as written is unknown; retrain "
+                           "the supernet from a space file", file=str(self.run_dir / "run.json"), key="space.file")
         if not resolves("space", file):
             raise NasError(f"the space file this supernet was trained from, {file}, is not there (run.json "
                            f"records it relative to where training ran); run from that folder",
@@ -94,9 +97,9 @@ class SupernetRun:
             raise NasError(f"data {spec!r} has {splits.num_classes} classes, the supernet was trained for "
                            f"{t['num_classes']}", file=str(self.run_dir / "run.json"), key="data.spec")
         if spec == self.data:
-            digests = splits.split_record()["sha256"]
+            digests, recorded = splits.split_record()["sha256"], self.info["data"]["sha256"]  # a mapping (read_run_json)
             for split in ("train", "search"):
-                if digests[split] != self.info["data"]["sha256"][split]:
+                if digests[split] != recorded.get(split):
                     raise NasError(f"data {spec!r} now gives another {split} split than the supernet was trained "
                                    f"with (other images, seed or holdout)", file=str(self.run_dir / "run.json"),
                                    key="data.sha256")

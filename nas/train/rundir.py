@@ -172,6 +172,32 @@ def _missing_key(old: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _type_name(value: Any) -> str:
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _wrong_type(old: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first of ``keys`` (dotted paths) whose value, or a mapping on its way, is there with the wrong type:
+    (key, what it is and should be); ``data.sha256`` is a mapping (split -> digest), every other key a string
+    (a ``.file`` may be null). Missing keys are ``_missing_key``'s."""
+    for key in keys:
+        node: Any = old
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.get(part)
+            if node is not None and not isinstance(node, dict):
+                return ".".join(parts[:i + 1]), f"expected a mapping, got {_type_name(node)}"
+            if node is None:
+                break
+        value = node.get(parts[-1]) if isinstance(node, dict) else None
+        want, ok = (("a mapping (split -> digest)", isinstance(value, dict)) if key.endswith(".sha256") else
+                    ("a string", isinstance(value, str)))
+        if value is not None and not ok:
+            return key, f"expected {want}, got {_type_name(value)} {json.dumps(value)[:40]}"
+    return None
+
+
 def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (),
                   fix: str = "use another --out") -> dict[str, Any]:
     """``<run>/run.json`` (it exists) checked to be a ``fmt`` run file with every key of ``keys`` (dotted paths, a
@@ -186,6 +212,10 @@ def read_run_json(run: Path, fmt: str, keys: tuple[str, ...] = (),
         other = info.get("format") if isinstance(info, dict) else None
         was = f" (it is a {other} run)" if isinstance(other, str) else ""
         raise NasError(f"not a {fmt} run file{was}; {fix}", file=str(meta))
+    wrong = _wrong_type(info, keys)
+    if wrong:
+        raise NasError(f"{wrong[1]}: not a {fmt} run file as nas writes it (edited by hand?); {fix}",
+                       file=str(meta), key=wrong[0])
     missing = _missing_key(info, keys)
     if missing:
         raise NasError(f"run.json has no {missing!r}: not a complete {fmt} run file (edited by hand?); {fix}",
