@@ -18,8 +18,10 @@ until ``timeout_s`` (``--ray-timeout``, default ``DEFAULT_TIMEOUT_S``), and ends
 nothing answers. Something that answers TCP but is no Ray head would still keep ``ray.init`` in Ray's own retry
 loop (5 s + 5 s + 30 s per try, 20 tries): ``ray_cluster`` therefore sets Ray's connection settings
 ``RAY_gcs_rpc_server_connect_timeout_s`` and ``RAY_py_gcs_connect_timeout_s`` (about a third of the deadline
-each; Ray reads them when ``ray`` is first imported) and ``RAY_gcs_server_port_wait_time_s=1`` (one try), when
-the user has not set them, so that ``ray.init`` gives up after about the deadline. SIGTERM during the check or
+each, at least 1 s; Ray reads them when ``ray`` is first imported) and ``RAY_gcs_server_port_wait_time_s=1`` (one
+try; read by ``ray.init``), when the user has not set them, so that ``ray.init`` gives up after about the deadline
+(measured with Ray 2.60: 4 s for a 4 s deadline, where it took 80 s before). They are set only around the import
+and ``ray.init``, so processes started later do not inherit them; a ``ray`` imported before keeps what it read. SIGTERM during the check or
 ``ray.init`` raises ``nas.errors.Terminated`` (SIGINT: ``KeyboardInterrupt``); inside ``ray.init`` Python runs the
 handler when Ray's C++ call returns, which the settings above bound.
 
@@ -62,6 +64,9 @@ _ADDRESS = re.compile(r"^(?:ray://)?([A-Za-z0-9.\-]+):(\d{1,5})$")
 DEFAULT_TIMEOUT_S = 15.0
 """How long ``--ray-address`` waits for the head to answer, unless ``--ray-timeout`` says."""
 CONNECT_ENV = ("RAY_gcs_rpc_server_connect_timeout_s", "RAY_py_gcs_connect_timeout_s")
+"""Ray's connection timeouts (seconds), read when ``ray`` is imported."""
+PORT_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"
+"""How many connection tries ``ray.init`` makes (about one a second plus the timeouts), read by ``ray.init``."""
 
 
 def check_address(address: str) -> str:
@@ -96,8 +101,7 @@ def _import_ray(timeout_s: float | None) -> Any:
         import ray
         return ray
     each = str(max(1, int((timeout_s - 1) // 3)))  # ray.init gives up after about 3 * each + 1 s
-    added = {k: v for k, v in [*((k, each) for k in CONNECT_ENV), ("RAY_gcs_server_port_wait_time_s", "1")]
-             if k not in os.environ}
+    added = {k: each for k in CONNECT_ENV if k not in os.environ}
     os.environ.update(added)
     try:
         import ray
@@ -209,6 +213,20 @@ def _home(path: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _one_try(joining: bool) -> Iterator[None]:
+    """``RAY_gcs_server_port_wait_time_s=1`` while ``ray.init`` joins a cluster (read there, not at import): one
+    connection try instead of 20, unless the user set it."""
+    if not joining or PORT_WAIT_ENV in os.environ:
+        yield
+        return
+    os.environ[PORT_WAIT_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(PORT_WAIT_ENV, None)
+
+
+@contextlib.contextmanager
 def ray_cluster(address: str, num_cpus: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Any]:
     """Ray initialised for ``address`` for the duration of the block; yields the ``ray`` module. A head that does
     not answer within about ``timeout_s`` seconds is a ``NasError`` (``check_reachable``, module docstring).
@@ -233,12 +251,12 @@ def ray_cluster(address: str, num_cpus: int | None = None, timeout_s: float = DE
         del kwargs["include_dashboard"]  # a setting of the cluster, not of a driver joining it
         home = None
     try:
-        with _home(home), stop_on_signals(f"connecting to Ray at --ray-address {address}"):
+        with _home(home), _one_try(address != "local"), stop_on_signals(f"connecting to Ray at --ray-address {address}"):
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise NasError(f"--ray-address {address!r}: cannot connect to Ray ({str(e).splitlines()[0]}); start a "
-                       "head with `ray start --head --port PORT` and give HOST:PORT, or use 'local' "
-                       "(--ray-timeout to wait longer)") from None
+        raise NasError(f"--ray-address {address!r}: cannot connect to Ray within about {timeout_s:g} s "
+                       f"({str(e).splitlines()[0]}); is a Ray head (`ray start --head --port PORT`) what answers "
+                       "there? Give its HOST:PORT, or use 'local' (--ray-timeout to wait longer)") from None
     try:
         yield ray
     finally:

@@ -160,3 +160,17 @@ def test_a_signal_ends_the_wait(sig: int, code: int, message: str, dead: str, sp
         proc.kill()
     assert proc.returncode == code and err.strip().splitlines() == [err.strip()] and message in err, err
     assert not out.exists()
+
+
+def test_ray_init_gives_up_on_something_that_is_not_a_head() -> None:
+    """A port that answers TCP but is no Ray head passes the check; ``ray.init`` must give up by itself (Ray's
+    own loop took 80 s for it, and 20 tries of 40 s without the settings)."""
+    code = ("import socket\n"
+            "from nas.distributed import ray_cluster\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8)\n"
+            "with ray_cluster(f'127.0.0.1:{s.getsockname()[1]}', timeout_s=3):\n"
+            "    pass\n")
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], env=head_env(), capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - t < 60, out.stderr[-2000:]
+    assert out.returncode != 0 and "cannot connect to Ray within about 3 s" in out.stderr, out.stderr[-2000:]
