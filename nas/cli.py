@@ -242,8 +242,8 @@ RAY_TIMEOUT_HELP = ("with --ray-address: seconds to wait for the head to answer 
 
 def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR", help="train on Ray: 'local' (a Ray instance for this job), 'auto' "
-                   "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head "
-                   "(docs/distributed.md)")
+                   "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head; a head that "
+                   "does not answer within --ray-timeout is one error line (docs/distributed.md)")
     p.add_argument("--num-workers", type=int_in(1), metavar="N", help="data-parallel workers with --ray-address (default 1); the "
                    "recipe's batch_size is the global batch and must be divisible by it")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL), with --ray-address")
@@ -459,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "re-running on it resumes")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--ray-address", metavar="ADDR", help="evaluate candidates on Ray actors: local (a Ray instance "
-                    "for this job), auto (this machine's cluster) or HOST:PORT of a head; same results "
-                    "(docs/search.md, 'Search on Ray')")
+                    "for this job), auto (this machine's cluster) or HOST:PORT of a head (checked within --ray-timeout "
+                    "before anything is written); same results (docs/search.md, 'Search on Ray')")
     se.add_argument("--num-workers", type=int_in(1), metavar="N", help="evaluation actors, with --ray-address "
                     "(default: one per CPU of the cluster, or one per GPU when it has GPUs)")
     se.add_argument("--max-retries", type=int_in(0), metavar="K", help="with --ray-address: restarts of a dead "
