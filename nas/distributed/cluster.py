@@ -21,9 +21,9 @@ loop (5 s + 5 s + 30 s per try, 20 tries): ``ray_cluster`` therefore sets Ray's 
 each, at least 1 s; Ray reads them when ``ray`` is first imported) and ``RAY_gcs_server_port_wait_time_s=1`` (one
 try; read by ``ray.init``), when the user has not set them, so that ``ray.init`` gives up after about the deadline
 (measured with Ray 2.60: 4 s for a 4 s deadline, where it took 80 s before). They are set only around the import
-and ``ray.init``, so processes started later do not inherit them; a ``ray`` imported before keeps what it read. SIGTERM during the check or
-``ray.init`` raises ``nas.errors.Terminated`` (SIGINT: ``KeyboardInterrupt``); inside ``ray.init`` Python runs the
-handler when Ray's C++ call returns, which the settings above bound.
+and ``ray.init``, so processes started later do not inherit them; a ``ray`` imported before keeps what it read.
+SIGTERM during the check or ``ray.init`` raises ``nas.errors.Terminated`` (SIGINT: ``KeyboardInterrupt``); inside
+``ray.init`` Python runs the handler when Ray's C++ call returns, which the settings above bound.
 
 Loopback settings for a single machine (applied to ``local``; a user who starts a head with ``ray start`` on
 a workstation should set the same, see ``docs/distributed.md``): ``RAY_USAGE_STATS_ENABLED=0`` (no usage
@@ -251,7 +251,8 @@ def ray_cluster(address: str, num_cpus: int | None = None, timeout_s: float = DE
         del kwargs["include_dashboard"]  # a setting of the cluster, not of a driver joining it
         home = None
     try:
-        with _home(home), _one_try(address != "local"), stop_on_signals(f"connecting to Ray at --ray-address {address}"):
+        waiting = f"connecting to Ray at --ray-address {address}"
+        with _home(home), _one_try(address != "local"), stop_on_signals(waiting):
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise NasError(f"--ray-address {address!r}: cannot connect to Ray within about {timeout_s:g} s "

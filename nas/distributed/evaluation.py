@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from nas.arch import Arch
-from nas.distributed.cluster import DEFAULT_TIMEOUT_S, check_address, check_reachable, check_timeout, ray_cluster
+from nas.distributed.cluster import (DEFAULT_TIMEOUT_S, check_address, check_reachable, check_timeout,
+                                     ray_cluster)
 from nas.errors import NasError
 from nas.search.backend import Log, Scoring, Trained
 from nas.supernet.scoring import Evaluation, Evaluator, Preloaded

@@ -283,7 +283,8 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     check_reachable(ray.address, ray.timeout_s)  # a dead head: one line, before the run directory is made
     with checked_run(job, resume) as existing:
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        with ray_cluster(ray.address, num_cpus=max(os.cpu_count() or 1, ray.num_workers), timeout_s=ray.timeout_s) as r:
+        cpus = max(os.cpu_count() or 1, ray.num_workers)
+        with ray_cluster(ray.address, num_cpus=cpus, timeout_s=ray.timeout_s) as r:
             resources = r.cluster_resources()
             if ray.use_gpu and resources.get("GPU", 0) < 1:
                 raise NasError(f"--use-gpu: the Ray cluster at {ray.address!r} has no GPU; drop --use-gpu to train "
