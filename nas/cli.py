@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from nas import __version__
-from nas.errors import NasError
+from nas.errors import NasError, Terminated
 from nas.limits import MAX_EVALS, MAX_RANK_ARCHS, MAX_RANK_SEEDS, MAX_SAMPLES, MAX_SEED, check_folder
 from nas.space.schema import human
 
@@ -47,6 +48,17 @@ def int_in(lo: int, hi: int | None = None) -> Any:
 SEED = int_in(0, MAX_SEED)
 """The argparse type of every command's ``--seed``: the range ``torch.manual_seed`` accepts."""
 SEED_HELP = f"0..{MAX_SEED} (default 0)"
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
 
 
 def path_arg(text: str) -> str:
@@ -218,23 +230,29 @@ def _ray_train(args: argparse.Namespace) -> Any:
     nothing imports ray)."""
     if args.ray_address is None:
         _needs_ray_address({"--num-workers": args.num_workers, "--use-gpu": args.use_gpu or None,
-                            "--max-failures": args.max_failures}, "training runs in this process")
+                            "--max-failures": args.max_failures, "--ray-timeout": args.ray_timeout},
+                           "training runs in this process")
         return None
-    from nas.distributed.cluster import check_address
     from nas.distributed.train import RayTrain
-    failures = {} if args.max_failures is None else {"max_failures": args.max_failures}  # else RayTrain's default
-    return RayTrain(check_address(args.ray_address), args.num_workers or 1, args.use_gpu, **failures)
+    defaults = {k: v for k, v in (("max_failures", args.max_failures), ("timeout_s", args.ray_timeout))
+                if v is not None}  # else RayTrain's defaults
+    return RayTrain(args.ray_address, args.num_workers or 1, args.use_gpu, **defaults)
+
+
+RAY_TIMEOUT_HELP = ("with --ray-address: seconds to wait for the head to answer before giving up with one error "
+                    "line, checked before anything is written (default 15)")
 
 
 def _add_ray_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR", help="train on Ray: 'local' (a Ray instance for this job), 'auto' "
-                   "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head "
-                   "(docs/distributed.md)")
+                   "(this machine's cluster, or the one `ray job submit` runs on) or HOST:PORT of a head; a head that "
+                   "does not answer within --ray-timeout is one error line (docs/distributed.md)")
     p.add_argument("--num-workers", type=int_in(1), metavar="N", help="data-parallel workers with --ray-address (default 1); the "
                    "recipe's batch_size is the global batch and must be divisible by it")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL), with --ray-address")
     p.add_argument("--max-failures", type=int_in(-1), metavar="K", help="worker-group failures to recover from, each resuming "
                    "from the last checkpoint, with --ray-address (default 3; -1: no limit)")
+    p.add_argument("--ray-timeout", type=seconds, metavar="SECONDS", help=RAY_TIMEOUT_HELP)
 
 
 def cmd_train_supernet(args: argparse.Namespace) -> None:
@@ -302,12 +320,13 @@ def cmd_search(args: argparse.Namespace) -> None:
         check_folder(args.out)
     backend = None
     if args.ray_address is None:
-        _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries},
-                           "candidates are evaluated in this process")
+        _needs_ray_address({"--num-workers": args.num_workers, "--max-retries": args.max_retries,
+                            "--ray-timeout": args.ray_timeout}, "candidates are evaluated in this process")
     else:
         from nas.distributed.evaluation import RaySearch
-        retries = {} if args.max_retries is None else {"max_retries": args.max_retries}
-        backend = RaySearch(args.ray_address, args.num_workers, **retries).backend()
+        defaults = {k: v for k, v in (("max_retries", args.max_retries), ("timeout_s", args.ray_timeout))
+                    if v is not None}  # else RaySearch's defaults
+        backend = RaySearch(args.ray_address, args.num_workers, **defaults).backend()  # checks the head answers
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
@@ -457,12 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "re-running on it resumes")
     se.add_argument("--seed", type=SEED, default=0, help=f"seed of the search, {SEED_HELP}")
     se.add_argument("--ray-address", metavar="ADDR", help="evaluate candidates on Ray actors: local (a Ray instance "
-                    "for this job), auto (this machine's cluster) or HOST:PORT of a head; same results "
-                    "(docs/search.md, 'Search on Ray')")
+                    "for this job), auto (this machine's cluster) or HOST:PORT of a head (checked within --ray-timeout "
+                    "before anything is written); same results (docs/search.md, 'Search on Ray')")
     se.add_argument("--num-workers", type=int_in(1), metavar="N", help="evaluation actors, with --ray-address "
                     "(default: one per CPU of the cluster, or one per GPU when it has GPUs)")
     se.add_argument("--max-retries", type=int_in(0), metavar="K", help="with --ray-address: restarts of a dead "
                     "worker, and retries of its evaluation (default 3)")
+    se.add_argument("--ray-timeout", type=seconds, metavar="SECONDS", help=RAY_TIMEOUT_HELP)
     se.set_defaults(func=cmd_search)
 
     recipe = sub.add_parser("recipe", help="list the shipped training and search recipes",
@@ -508,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"nas: terminated: {e}", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 0
 

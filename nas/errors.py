@@ -20,3 +20,8 @@ class NasError(Exception):
             where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.message}"
+
+
+class Terminated(BaseException):
+    """SIGTERM while a command waits for something outside it (a Ray head to answer): the CLI prints one line and
+    exits with 143. A ``BaseException`` so that no ``except Exception`` on the way (Ray's retry loops) swallows it."""

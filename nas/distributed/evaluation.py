@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from nas.arch import Arch
-from nas.distributed.cluster import check_address, ray_cluster
+from nas.distributed.cluster import (DEFAULT_TIMEOUT_S, check_address, check_reachable, check_timeout,
+                                     ray_cluster)
 from nas.errors import NasError
 from nas.search.backend import Log, Scoring, Trained
 from nas.supernet.scoring import Evaluation, Evaluator, Preloaded
@@ -69,19 +70,25 @@ MAX_RETRIES = 3
 class RaySearch:
     """Where a search's candidates are scored on Ray, validated once here: ``address`` (``local``, ``auto`` or
     ``host:port``), ``num_workers`` evaluation actors (None: one per CPU of the cluster, or one per GPU when it
-    has GPUs), each restarted up to ``max_retries`` times when its process dies."""
+    has GPUs), each restarted up to ``max_retries`` times when its process dies; ``timeout_s``: how long the head
+    may take to answer (``--ray-timeout``)."""
     address: str
     num_workers: int | None = None
     max_retries: int = MAX_RETRIES
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         check_address(self.address)
+        check_timeout(self.timeout_s)
         if self.num_workers is not None and (isinstance(self.num_workers, bool) or self.num_workers < 1):
             raise NasError(f"--num-workers must be >= 1, got {self.num_workers}")
         if isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise NasError(f"--max-retries must be >= 0, got {self.max_retries}")
 
     def backend(self) -> "RayBackend":
+        """The search's backend; first checks that the head answers (``check_reachable``), so that a dead address
+        is one error line before the search writes anything."""
+        check_reachable(self.address, self.timeout_s)
         return RayBackend(self)
 
 
@@ -100,7 +107,7 @@ class RayBackend:
 
         assert supernet is not None  # needs_supernet
         cfg = self.config
-        stack.enter_context(ray_cluster(cfg.address))
+        stack.enter_context(ray_cluster(cfg.address, timeout_s=cfg.timeout_s))
         local = {s: Evaluator(supernet.supernet, supernet.splits, s, batch_size=batch_size) for s in ("search", "val")}
         actors = ActorEvaluators(supernet.supernet, local, num_workers=cfg.num_workers, max_retries=cfg.max_retries,
                                  batch_size=batch_size)

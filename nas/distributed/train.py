@@ -73,6 +73,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nas.distributed.cluster import DEFAULT_TIMEOUT_S, check_address, check_timeout
 from nas.errors import NasError
 
 JOBS = ("supernet", "retrain")
@@ -82,12 +83,22 @@ REPLICAS_LOG = "replicas.jsonl"
 
 @dataclass(frozen=True)
 class RayTrain:
-    """Where and how wide: ``address`` (``local``, ``auto`` or ``host:port``), ``num_workers`` data-parallel ranks,
-    one GPU each with ``use_gpu``, and how many worker-group failures are retried (``max_failures``)."""
+    """Where and how wide, validated once here: ``address`` (``local``, ``auto`` or ``host:port``), ``num_workers``
+    data-parallel ranks, one GPU each with ``use_gpu``, how many worker-group failures are retried
+    (``max_failures``, -1: no limit) and how long the head may take to answer (``timeout_s``, ``--ray-timeout``)."""
     address: str
     num_workers: int = 1
     use_gpu: bool = False
     max_failures: int = 3
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        check_address(self.address)
+        check_timeout(self.timeout_s)
+        if isinstance(self.num_workers, bool) or self.num_workers < 1:
+            raise NasError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if isinstance(self.max_failures, bool) or self.max_failures < -1:
+            raise NasError(f"--max-failures must be >= -1, got {self.max_failures}")
 
 
 def _job_factory(kind: str) -> Callable[..., Any]:
@@ -257,12 +268,9 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
 
     Returns what the local job returns (``TrainResult`` / ``RetrainResult``), from rank 0.
     """
-    from nas.distributed.cluster import ray_cluster
+    from nas.distributed.cluster import check_reachable, ray_cluster
     from nas.train.loop import check_batch, checked_run
 
-    if ray.num_workers < 1 or ray.max_failures < -1:
-        raise NasError(f"--num-workers must be >= 1 and --max-failures >= -1, got {ray.num_workers} and "
-                       f"{ray.max_failures}")
     job = _job_factory(kind)(**args, progress=False)  # resolved and checked before anything starts
     rc = job.recipe
     check_batch(rc, ray.num_workers)
@@ -272,9 +280,11 @@ def train_on_ray(kind: str, args: dict[str, Any], resume: bool, ray: RayTrain) -
     if not ray.use_gpu and rc.device == "cuda":
         raise rc.error("device", "device cuda: add --use-gpu so that Ray gives every worker a GPU")
     run = job.run.resolve()
+    check_reachable(ray.address, ray.timeout_s)  # a dead head: one line, before the run directory is made
     with checked_run(job, resume) as existing:
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        with ray_cluster(ray.address, num_cpus=max(os.cpu_count() or 1, ray.num_workers)) as r:
+        cpus = max(os.cpu_count() or 1, ray.num_workers)
+        with ray_cluster(ray.address, num_cpus=cpus, timeout_s=ray.timeout_s) as r:
             resources = r.cluster_resources()
             if ray.use_gpu and resources.get("GPU", 0) < 1:
                 raise NasError(f"--use-gpu: the Ray cluster at {ray.address!r} has no GPU; drop --use-gpu to train "
