@@ -134,9 +134,9 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
     why = ""
     if job.trains:  # num_classes follows the data: resolve exactly as training will, once
         from nas.train.spos import resolve
-        job.resolved = resolve(space_file, data, job.training)
+        job.resolved = resolve(space_file, job.data, job.training)
         trained, splits = job.resolved[0], job.resolved[1]
-        why = f"data {data!r} has {splits.num_classes} classes, the space {target.template()['num_classes']}"
+        why = f"data {job.data!r} has {splits.num_classes} classes, the space {target.template()['num_classes']}"
 
     on = budget_on or ("mean" if dd and trained.hash == target.hash else "worst")
     if on == "mean" and trained.hash != target.hash:

@@ -153,3 +153,11 @@ def test_the_cli_exits_cleanly_when_the_search_fails_beside_its_baseline(tmp_pat
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "--storage" in error_line(proc.stderr)
+
+
+def test_without_data_the_plan_uses_the_builtin_data(files):
+    """``nas search SPACE`` with no --data (the main job): the built-in data, resolved once for training."""
+    from nas.search.job import plan
+    job = plan(files["space"], recipe=files["recipe"])
+    assert job.data == "builtin" and job.resolved is not None and job.resolved[1].num_classes == 10
+    assert job.train_id() == {"recipe_hash": job.training.hash(), "data": "builtin"}
