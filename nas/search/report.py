@@ -120,8 +120,10 @@ def finish(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", 
         r.cheapest = cheapest_within_noise(on_search, r.best, r.candidates, proxy_of, lambda c: budget_macs(c, bud))
         log(f"paired comparisons: winner vs baseline {r.versus_baseline}; cheapest within noise {r.cheapest}")
 
-    overrides = supernet.overrides if supernet is not None else dict(job.training.space_overrides) \
-        if job.training is not None else {}
+    if supernet is not None:  # what makes the scored space a proxy, for the exports' header
+        overrides = supernet.overrides
+    else:
+        overrides = dict(job.training.space_overrides) if job.training is not None else {}
     r.files = [run_dir / "history.csv", *([run_dir / "baseline.csv"] if found.baseline_ran else []),
                *_export(r, pm, None if supernet is None else supernet.supernet, job.top, job.seed, overrides)]
     r.seconds = time.perf_counter() - t0

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from nas.errors import NasError
-from nas.search.recipe import SEARCHERS, SearchRecipe, load_search_recipe
+from nas.search.recipe import SearchRecipe, load_search_recipe
+from nas.search.searchers import SEARCHERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
