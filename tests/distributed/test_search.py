@@ -110,6 +110,25 @@ def test_a_killed_actor_loses_and_repeats_nothing(job: dict, ray_head: str, tmp_
     assert load_arch(out / "best.yaml") == load_arch(job["local"] / "best.yaml")
 
 
+def test_a_worker_dead_past_max_retries_stops_the_search_in_one_line_and_the_rerun_resumes(
+        job: dict, ray_head: str, tmp_path: Path) -> None:
+    """With ``--max-retries 0`` the killed actor is not restarted: the search ends with exit 2 and one line
+    naming ``--max-retries``; the same command then resumes and ends as the local search did."""
+    d, out, marker = job["dir"], tmp_path / "ray", tmp_path / "killed"
+    args = ["search", *job["args"], "--search-recipe", d / "evolution.yaml", "--out", out, "--ray-address", ray_head,
+            "--num-workers", 2, "--max-retries", 0]
+    failed = subprocess.run([sys.executable, "-c", "import sys; from nas.cli import main; sys.exit(main())",
+                             *map(str, args)], env={**head_env(), "NAS_TEST_KILL_ACTOR": f"3:{marker}"},
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("nas: error: ")]
+    assert failed.returncode == 2 and marker.exists() and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert len(errors) == 1 and "died more than --max-retries 0 times" in errors[0], failed.stderr[-3000:]
+    nas(*args)  # the marker exists: no second kill
+    rows = read_history(out / "history.csv")
+    assert len({c.arch_hash for c in rows}) == len(rows) == 20
+    same_rows(rows, read_history(job["local"] / "history.csv"))
+
+
 def test_num_workers_needs_a_ray_address(job: dict, capsys: pytest.CaptureFixture) -> None:
     assert main(["search", *map(str, job["args"]), "--num-workers", "2", "--out", str(job["dir"] / "x")]) == 2
     err = capsys.readouterr().err.strip()
