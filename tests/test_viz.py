@@ -341,7 +341,8 @@ def test_search_points_skip_a_non_finite_ranking_value(tmp_path, capsys):
     assert [p.arch_hash for p in search_plot(run).points] == [f"{i:016x}" for i in (0, 1)]   # nan is no candidate
     assert main(["viz", str(run), "--out", str(tmp_path / "o")]) == 0
     check_png(tmp_path / "o" / "pareto.png")
-    write_history(tmp_path / "bad", [candidate(0, 5, 0.3, math.nan, 1), candidate(1, 9, math.nan, math.nan, 1)])
+    nan_score = ",".join(candidate(1, 9, 0.5, math.nan, 1).row()).replace(",0.5,", ",nan,", 1)  # no writer makes it
+    write_history(tmp_path / "bad", [candidate(0, 5, 0.3, math.nan, 1)], tail=nan_score + "\n")
     capsys.readouterr()
     assert main(["viz", str(tmp_path / "bad"), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err

@@ -189,7 +189,13 @@ class History:
         self._writer = csv.writer(self._file, lineterminator="\n")
 
     def append(self, c: Candidate) -> None:
-        """One row, on disk (fsynced) before this returns."""
+        """One row, on disk (fsynced) before this returns. A row that a resume would refuse (a score outside
+        [0, 1] or not finite, from a broken evaluator) is a ``NasError`` instead, and nothing is written."""
+        try:
+            Candidate.from_row(c.row())
+        except ValueError as e:
+            raise NasError(f"arch {c.arch_hash}: the evaluation cannot be recorded ({e}); the evaluator returned "
+                           f"{c.score!r} top-1, {c.loss!r} loss", file=str(self.path)) from None
         self._writer.writerow(c.row())
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -6,6 +6,7 @@ Tiny on purpose: the 16x16 space of ``tests/test_bad_input_runs.py``, synthetic 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -161,3 +162,22 @@ def test_without_data_the_plan_uses_the_builtin_data(files):
     job = plan(files["space"], recipe=files["recipe"])
     assert job.data == "builtin" and job.resolved is not None and job.resolved[1].num_classes == 10
     assert job.train_id() == {"recipe_hash": job.training.hash(), "data": "builtin"}
+
+
+def test_an_evaluation_a_resume_would_refuse_is_never_written(tmp_path):
+    """A broken evaluator's nan top-1 stops the search at once; the history keeps only the rows before it, each
+    one a resume accepts."""
+    space = write(tmp_path, "tiny.yaml", TINY)
+
+    def evaluator(s, split):
+        fake = FakeEvaluator(s, split)
+
+        def evaluate(arch):
+            e = fake(arch)
+            return dataclasses.replace(e, score=float("nan")) if len(fake.calls) == 3 else e
+        return evaluate
+
+    with pytest.raises(NasError, match=r"history.csv: arch [0-9a-f]{16}: the evaluation cannot be recorded"):
+        search(space, searcher="random", max_evals=10, out=tmp_path / "r", progress=False, backend=Injected(evaluator))
+    from nas.search.history import read_history
+    assert len(read_history(tmp_path / "r" / "history.csv")) == 2
