@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from nas.errors import NasError
 
@@ -64,17 +66,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``path`` all or nothing: temp file in the same folder, fsync, ``os.replace``. A refusal is a
-    ``WriteError`` naming ``path`` (the old content, if any, is kept)."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """The temp file to write ``path``'s new content into (same folder); when the block ends it replaces ``path``
+    (``os.replace``, then the folder is fsynced). A block that raises leaves ``path`` as it was and removes the
+    temp file; a refusal by the system is a ``WriteError`` naming ``path``."""
     path = Path(path)
     make_dirs(path.parent)
     tmp = path.with_name(f"{TMP}{path.name}.{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -85,3 +86,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             raise write_error(e, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``path`` all or nothing: temp file in the same folder, fsync, ``os.replace``. A refusal is a
+    ``WriteError`` naming ``path`` (the old content, if any, is kept)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())

@@ -13,13 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from nas.arch import Arch, Provenance
-from nas.atomic import TMP, atomic_write, make_dirs, write_error
+from nas.atomic import atomic_file, atomic_write, make_dirs
 from nas.space import arch_yaml
 
 PARETO_COLUMNS = ("arch_hash", "score", "loss", "objective", "macs", "params", "feasible", "vector")
@@ -35,18 +34,8 @@ def save_weights(state_dict: dict[str, Any], path: Path, metadata: dict[str, str
     """safetensors file of ``state_dict``, written atomically (temp file + rename)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{TMP}{path.name}.{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise write_error(e, path) from None
-        raise
     return path
 
 

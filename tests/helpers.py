@@ -81,3 +81,17 @@ device: cpu
 """
 """A one-epoch CPU supernet recipe holding out a quarter of the training images as the search split: the
 evaluation, rank-check and search-on-Ray tests'."""
+
+RANK_SPACE = """\
+name: tiny
+input: {size: 16, channels: 3}
+num_classes: 3
+tokenizer: {type: patch, patch_size: 4}
+head: cls
+stages:
+  - dim: {choice: [8, 16, 24]}
+    heads: 2
+    mlp_ratio: {choice: [1, 2]}
+    cells: {repeat: 2, choice: [basic, identity]}
+"""
+"""A 3-class space of 12 archs at 16 px (trained with ``EVAL_RECIPE``): the rank-check tests'."""

@@ -17,6 +17,7 @@ import torch
 from nas.cli import main
 from nas.errors import NasError
 from nas.train import train_supernet
+from tests.helpers import EVAL_RECIPE, RANK_SPACE
 
 SPACE = """\
 name: tiny
@@ -179,20 +180,6 @@ def test_a_failure_after_some_steps_but_before_a_checkpoint_leaves_nothing_to_re
 
 
 # --- the newer commands: rank-check and search on a trained supernet (issue 17) ---------------------------------
-RANK_SPACE = """\
-name: tiny3
-input: {size: 16, channels: 3}
-num_classes: 3
-tokenizer: {type: patch, patch_size: 4}
-head: cls
-stages:
-  - dim: {choice: [8, 16, 24]}
-    heads: 2
-    mlp_ratio: {choice: [1, 2]}
-    cells: {repeat: 2, choice: [basic, identity]}
-"""
-RANK_RECIPE = ("seed: 0\nepochs: 1\nbatch_size: 24\noptimizer: {name: adamw, lr: 2e-3, weight_decay: 0.0}\n"
-               "label_smoothing: 0.0\ndata: {holdout: 0.25}\ndevice: cpu\n")
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +187,7 @@ def supernet(tmp_path_factory) -> Path:
     """A trained tiny supernet run (3 steps), shared by the tests below: they copy it before editing it."""
     root = tmp_path_factory.mktemp("supernet")
     (root / "space.yaml").write_text(RANK_SPACE)
-    (root / "recipe.yaml").write_text(RANK_RECIPE)
+    (root / "recipe.yaml").write_text(EVAL_RECIPE)
     train_supernet(str(root / "space.yaml"), data="synthetic:120:3", recipe=str(root / "recipe.yaml"),
                    out=root / "sn", progress=False)
     return root
@@ -218,7 +205,7 @@ def test_rank_check_band_outside_the_space_then_corrected(supernet, tmp_path, ca
     argv = ["rank-check", str(supernet / "sn"), "-n", "3", "--seeds", "1", "--out", str(out)]
     code, err = _cli(capsys, argv + ["--band", "100G:200G"])
     line = error_line(err)
-    assert code == 2 and "--band 100.0G:200.0G is outside the reachable MACs range of 'tiny3'" in line, err
+    assert code == 2 and "--band 100.0G:200.0G is outside the reachable MACs range of 'tiny'" in line, err
     assert "choose a band in that range" in line and not out.exists()
     code, err = _cli(capsys, argv)
     assert code == 0, err

@@ -54,7 +54,6 @@ import contextlib
 import functools
 import itertools
 import math
-import os
 import random
 import signal
 import sys
@@ -69,6 +68,7 @@ import torch
 from torch import nn
 
 from nas.arch import Arch
+from nas.atomic import atomic_file
 from nas.cost import cost
 from nas.data import DataSplits, ImageFiles, make_loader, norm_stats
 from nas.errors import NasError
@@ -369,9 +369,8 @@ class Trainer:
         from safetensors.torch import save_model
 
         path = self.run_dir / self.weights_name
-        tmp = path.with_name(f"{ck.TMP}{path.name}.{os.getpid()}")
-        save_model(self.model, str(tmp), metadata={**self.metadata, "steps": str(self.state.global_step)})
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_model(self.model, str(tmp), metadata={**self.metadata, "steps": str(self.state.global_step)})
         return path
 
     # --- one step ------------------------------------------------------------------------------------

@@ -15,21 +15,10 @@ from nas.search.rank_check import band_archs, rank_check, report, statistics
 from nas.stats import icc1, rank_correlation
 from nas.space import load_space
 from nas.train import train_supernet
-from tests.helpers import EVAL_RECIPE
+from tests.helpers import EVAL_RECIPE, RANK_SPACE
 
 DATA = "synthetic:120:3"
-SPACE = """\
-name: tiny
-input: {size: 16, channels: 3}
-num_classes: 3
-tokenizer: {type: patch, patch_size: 4}
-head: cls
-stages:
-  - dim: {choice: [8, 16, 24]}
-    heads: 2
-    mlp_ratio: {choice: [1, 2]}
-    cells: {repeat: 2, choice: [basic, identity]}
-"""
+SPACE = RANK_SPACE
 RECIPE = EVAL_RECIPE
 
 
