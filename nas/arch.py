@@ -1,7 +1,8 @@
 """Arch: one concrete architecture, self-contained.
 
 An Arch holds everything needed to rebuild a model without its search space: input size, tokenizer,
-stages of cells, token pooling, head, ATS placement. It is a frozen dataclass tree, hashable and
+stages of cells, token pooling, head, token reduction (ATS). The tokenizer and the reduction are configs of
+registered mechanisms (``nas.mechanisms``), written in files under their own keys. It is a frozen dataclass tree, hashable and
 comparable; ``provenance`` (where it came from: space, budget, score) is carried along but is not part
 of its identity. Arch files are YAML (see docs/space-dsl.md); they are read by the same validating
 loader as search spaces (``nas.load_arch``), because an arch file is a search space with no choices.
@@ -11,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Union
+from typing import Any
+
+from nas.mechanisms import reduction_of, reductions, tokenizer
 
 CELL_KINDS = ("basic", "shared_pair", "identity")
 CELL_LAYERS = {"basic": 1, "shared_pair": 2, "identity": 0}
@@ -23,46 +26,6 @@ ARCH_FORMAT = "nas-arch/1"
 
 CHANNELS = (1, 3)
 """Input channels an arch may have: grayscale or RGB, the inputs ``nas.data`` can feed (and normalise)."""
-
-
-@dataclass(frozen=True)
-class PatchTokenizer:
-    """ViT/DeiT patch embedding: non-overlapping ``patch_size`` patches, cls token, learned positions."""
-    patch_size: int = 16
-    type: str = field(default="patch", init=False)
-
-
-@dataclass(frozen=True)
-class ProgressiveTokenizer:
-    """PS-ViT progressive sampling (docs/mechanisms.md section 1).
-
-    A ResNet stem (stride 4, output width = stage 0's dim), then ``iterations`` rounds of sampling
-    ``points`` x ``points`` tokens and refining the points with an encoder layer (one shared layer when
-    ``share_weights``). The encoder layers use stage 0's dim, heads and mlp ratio.
-    """
-    points: int = 14
-    iterations: int = 4
-    share_weights: bool = False
-    type: str = field(default="progressive", init=False)
-
-
-@dataclass(frozen=True)
-class CoarseFineTokenizer:
-    """CF-ViT coarse-to-fine inference (docs/mechanisms.md section 4).
-
-    The coarse pass sees the image resized to ``coarse_grid * patch_size`` pixels; the top
-    ``ceil(alpha * coarse_grid**2)`` regions by global class attention are re-split 2x2 in the fine pass;
-    inference stops after the coarse pass when the max softmax is at least ``exit_threshold``.
-    """
-    patch_size: int = 16
-    coarse_grid: int = 7
-    alpha: float = 0.5
-    exit_threshold: float = 1.0
-    type: str = field(default="coarse_fine", init=False)
-
-
-Tokenizer = Union[PatchTokenizer, ProgressiveTokenizer, CoarseFineTokenizer]
-TOKENIZERS = {"patch": PatchTokenizer, "progressive": ProgressiveTokenizer, "coarse_fine": CoarseFineTokenizer}
 
 
 @dataclass(frozen=True)
@@ -95,19 +58,6 @@ class Pooling:
 
 
 @dataclass(frozen=True)
-class ATS:
-    """Adaptive token sampling (docs/mechanisms.md section 2) in the cells listed in ``blocks``.
-
-    ``blocks`` are global cell indices, counted over all stages in order; ATS acts in the last layer of
-    each listed cell. Exactly one of ``keep`` (ratio rho: K = max(round(rho * N_in), 8), N_in the patch
-    tokens entering, at most N_in) and ``k`` (a fixed number of patch tokens) is set.
-    """
-    blocks: tuple[int, ...]
-    keep: float | None = None
-    k: int | None = None
-
-
-@dataclass(frozen=True)
 class Provenance:
     """Where an arch came from. Not part of its identity (equality and hash ignore it)."""
     space: str | None = None
@@ -122,11 +72,11 @@ class Arch:
     img_size: int
     in_chans: int
     num_classes: int
-    tokenizer: Tokenizer
+    tokenizer: Any                        # the config of a registered tokenizer (``nas.mechanisms``)
     stages: tuple[Stage, ...]
     pooling: Pooling = Pooling()
     head: str = "cls"                     # "cls" token or global average pooling ("gap")
-    ats: ATS | None = None
+    reduction: Any = None                 # the config of a registered token reduction, or None
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     name: str = field(default="", compare=False)
@@ -138,8 +88,8 @@ class Arch:
 
     @property
     def data_dependent(self) -> bool:
-        """True when the MACs executed depend on the image (ATS, coarse-to-fine early exit)."""
-        return self.ats is not None or isinstance(self.tokenizer, CoarseFineTokenizer)
+        """True when the MACs executed depend on the image (a token reduction, an early exit)."""
+        return tokenizer(self.tokenizer).data_dependent or self.reduction is not None
 
     def cells(self) -> list[tuple[int, int, str]]:
         """(stage index, cell index within the stage, kind) for every cell, in global order."""
@@ -148,8 +98,7 @@ class Arch:
     # --- serialisation -------------------------------------------------------------------------------
     def to_dict(self, with_provenance: bool = True) -> dict[str, Any]:
         """Plain YAML/JSON-ready dict in the arch file format (key order fixed)."""
-        tok = {"type": self.tokenizer.type}
-        tok.update({f.name: getattr(self.tokenizer, f.name) for f in fields(self.tokenizer) if f.name != "type"})
+        tok = tokenizer(self.tokenizer).to_dict(self.tokenizer)
         d: dict[str, Any] = {"format": ARCH_FORMAT}
         if self.name:
             d["name"] = self.name
@@ -164,10 +113,9 @@ class Arch:
             "qkv_bias": self.qkv_bias,
             "norm_eps": self.norm_eps,
         })
-        if self.ats is not None:
-            a: dict[str, Any] = {"blocks": list(self.ats.blocks)}
-            a.update({"keep": self.ats.keep} if self.ats.keep is not None else {"k": self.ats.k})
-            d["ats"] = a
+        if self.reduction is not None:
+            m = reduction_of(self.reduction)
+            d[m.name] = m.to_dict(self.reduction)
         if with_provenance:
             p = {f.name: getattr(self.provenance, f.name) for f in fields(Provenance)}
             p = {k: v for k, v in p.items() if v is not None}
@@ -178,16 +126,14 @@ class Arch:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Arch":
         """Inverse of ``to_dict`` for trusted, already validated dicts. Files go through ``nas.load_arch``."""
-        tok = dict(d["tokenizer"])
-        tok_cls = TOKENIZERS[tok.pop("type")]
-        ats = d.get("ats")
+        present = [m for key, m in reductions().items() if d.get(key) is not None]
         return cls(
             img_size=d["input"]["size"], in_chans=d["input"]["channels"], num_classes=d["num_classes"],
-            tokenizer=tok_cls(**tok),
+            tokenizer=tokenizer(d["tokenizer"]["type"]).from_dict(d["tokenizer"]),
             stages=tuple(Stage(s["dim"], s["heads"], float(s["mlp_ratio"]), tuple(s["cells"])) for s in d["stages"]),
             pooling=Pooling(**d.get("pooling", {})),
             head=d.get("head", "cls"),
-            ats=None if ats is None else ATS(tuple(ats["blocks"]), ats.get("keep"), ats.get("k")),
+            reduction=present[0].from_dict(d[present[0].name]) if present else None,
             qkv_bias=d.get("qkv_bias", True), norm_eps=float(d.get("norm_eps", 1e-6)),
             name=d.get("name", ""), provenance=Provenance(**d.get("provenance", {})),
         )

@@ -5,7 +5,7 @@ on a batch of B images the model holds, in the attribute ``last_macs``, the mult
 image executes when run alone, as a (B,) integer tensor (fvcore convention: matmul/linear/conv only; see
 docs/mechanisms.md). "Alone" matters: padding to a common token count within a batch is an implementation detail
 and never counts. A static model (same cost for every image) may store a plain int or a 0-d tensor, which
-stands for every image of the batch. Examples: ``nas.models.ats.ATSViT`` (tokens kept per image),
+stands for every image of the batch. Examples: ``nas.mechanisms.ats.model.ATSViT`` (tokens kept per image),
 CF-ViT (coarse only, or coarse + fine, per image), static ViTs (a constant).
 
 ``measure_cost`` runs the model in eval mode without gradients (and restores its mode), so the numbers are

@@ -18,7 +18,7 @@ picture shows the model's own decisions, never a recomputation of them.
 Decisions where the papers are silent:
 
 - A point in stem feature-map pixels is drawn at the centre of that pixel's receptive field
-  (``nas.models.progressive.image_points``: 4 image pixels per feature pixel).
+  (``nas.mechanisms.progressive.model.image_points``: 4 image pixels per feature pixel).
 - ATS masks are drawn on the tokenizer's grid: a patch token is its patch; a PS-ViT token is a cell of
   image/n pixels centred on its final sampling point; after token pooling a token stands for the tokens of its
   stride window (2 consecutive tokens for 1d pooling, 2x2 for 2d).
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.arch import Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer
+from nas.arch import Arch
 from nas.atomic import atomic_write
 from nas.errors import NasError
 from nas.limits import MAX_SEED, check_folder
@@ -54,15 +54,15 @@ DPI = 80
 # --- what the model did (tested against the models' own records) --------------------------------------------
 def mechanisms(arch: Arch) -> list[str]:
     """The mechanisms of ``arch`` that have a picture: 'sampling', 'ats', 'coarse_fine'."""
-    out = ["sampling"] if isinstance(arch.tokenizer, ProgressiveTokenizer) else []
-    out += ["ats"] if arch.ats is not None else []
-    return out + (["coarse_fine"] if isinstance(arch.tokenizer, CoarseFineTokenizer) else [])
+    out = ["sampling"] if arch.tokenizer.type == "progressive" else []
+    out += ["ats"] if arch.reduction is not None else []
+    return out + (["coarse_fine"] if arch.tokenizer.type == "coarse_fine" else [])
 
 
 def sampling_points(model: nn.Module) -> torch.Tensor:
     """(B, N, P, 2) sampling points (y, x) in input-image pixels of every round of the last forward; round 0 is
     the initial grid, round N-1 the final points."""
-    from nas.models.progressive import image_points
+    from nas.mechanisms.progressive.model import image_points
 
     traj = getattr(getattr(model, "tokenizer", None), "last_trajectory", None)
     if traj is None:
@@ -73,7 +73,7 @@ def sampling_points(model: nn.Module) -> torch.Tensor:
 def _grid_side(arch: Arch) -> int:
     """Side of the tokenizer's token grid: image/patch, or the PS-ViT points per side."""
     tok = arch.tokenizer
-    return tok.points if isinstance(tok, ProgressiveTokenizer) else arch.img_size // tok.patch_size
+    return tok.points if tok.type == "progressive" else arch.img_size // tok.patch_size
 
 
 def token_footprints(arch: Arch) -> torch.Tensor:
@@ -207,7 +207,7 @@ def _draw_sampling(ax, traj: torch.Tensor) -> None:
 def _cell_boxes(arch: Arch, model: nn.Module, b: int) -> np.ndarray:
     """(G, 4) y0, x0, y1, x1 in imshow coordinates (pixel centres at integers) of each tokenizer token."""
     side = _grid_side(arch)
-    if isinstance(arch.tokenizer, PatchTokenizer):
+    if arch.tokenizer.type == "patch":
         p = arch.tokenizer.patch_size
         r, c = np.divmod(np.arange(side * side), side)
         return np.stack([r * p, c * p, (r + 1) * p, (c + 1) * p], axis=1) - 0.5
@@ -289,7 +289,7 @@ def visualize(arch: Arch, out: str | Path, data: str | None = None, images: int 
                 _image(axes[0], img)
                 axes[0].set_title("input", fontsize=7)
                 prefix = int(arch.has_cls_token)
-                for ax, cell, k, pos in zip(axes[1:], arch.ats.blocks, kept, model.last_kept):
+                for ax, cell, k, pos in zip(axes[1:], arch.reduction.blocks, kept, model.last_kept):
                     _image(ax, img)
                     _draw_kept(ax, img, boxes, k[b].numpy())
                     ax.set_title(f"ATS cell {cell}: {int((pos[b] >= prefix).sum())} tokens kept", fontsize=7)

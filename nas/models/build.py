@@ -1,26 +1,26 @@
-"""``build_model``: the model of an Arch, dispatched on its mechanisms (one line each)."""
+"""``build_model``: the model of an Arch; a tokenizer that runs the body its own way builds the whole model."""
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 from torch import nn
 
-from nas.arch import Arch, CoarseFineTokenizer
-from nas.models.coarse_fine import CoarseFineViT
+from nas.arch import Arch
+from nas.mechanisms import tokenizer
 from nas.models.vit import VisionTransformer
 from nas.models.zoo import get_arch
-from nas.shapes import WARMUP_FRACTION
 
 
-def build_model(arch: Arch | str, drop_path: float = 0.0, coarse_fine_warmup: float | None = None) -> nn.Module:
+def build_model(arch: Arch | str, drop_path: float = 0.0, options: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the static model of an Arch, or of a registered arch name (``nas.models.zoo.list_archs()``).
 
     Training options (neither changes the weights nor an eval-mode forward): ``drop_path``, the stochastic depth
-    of the last layer (linear over depth); ``coarse_fine_warmup``, the share of training a CF-ViT trains its
-    fine pass on all fine tokens (None: the paper's, ``nas.shapes.WARMUP_FRACTION``).
+    of the last layer (linear over depth); ``options``, the mechanisms' recipe sections by mechanism name
+    (``{"coarse_fine": CoarseFineTraining(warmup_fraction=0.5)}``; absent: the mechanism's defaults).
     """
     if isinstance(arch, str):
         arch = get_arch(arch)
-    # The data-dependent models dispatch here, one line each.
-    if isinstance(arch.tokenizer, CoarseFineTokenizer):  # CF-ViT, arXiv 2203.03821
-        warmup = WARMUP_FRACTION if coarse_fine_warmup is None else coarse_fine_warmup
-        return CoarseFineViT(arch, drop_path=drop_path, warmup_fraction=warmup)
+    mech = tokenizer(arch.tokenizer)
+    if mech.builds_model:
+        return mech.hooks().build_model(arch, drop_path=drop_path, options=(options or {}).get(mech.name))
     return VisionTransformer(arch, drop_path=drop_path)

@@ -26,22 +26,23 @@ Decisions where the papers are silent:
 from __future__ import annotations
 
 import torch
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
 
-from nas.arch import CELL_KINDS, CELL_LAYERS, Arch, CoarseFineTokenizer, PatchTokenizer, ProgressiveTokenizer
-from nas.cost import ats_fixed_macs, cost, layer_macs
+from nas.arch import CELL_KINDS, CELL_LAYERS, Arch
+from nas.cost import cost, layer_macs, reduced_fixed_macs
 from nas.errors import NasError
+from nas.mechanisms import reduction_of, tokenizer
 from nas.models.layers import Block
 from nas.models.pooling import build_pooling
-from nas.shapes import ats_stage, check_arch
+from nas.shapes import check_arch, reduction_stage
 
 
 def drop_path_rates(arch: Arch, drop_path: float) -> tuple[list[float], list[list[tuple[float, ...]]]]:
     """Stochastic-depth rates, linear from 0 (first layer) to ``drop_path`` (last) over every layer in the order
-    they run: (rates of the progressive sampling rounds, per stage per cell the rates of its layers: () for an
-    identity cell, one for a basic cell, two for a shared pair)."""
-    rounds = arch.tokenizer.iterations if isinstance(arch.tokenizer, ProgressiveTokenizer) else 0
+    they run: (rates of the tokenizer's own layers (PS-ViT's sampling rounds), per stage per cell the rates of its
+    layers: () for an identity cell, one for a basic cell, two for a shared pair)."""
+    rounds = tokenizer(arch.tokenizer).layers(arch.tokenizer)
     depth = rounds + sum(st.num_layers for st in arch.stages)
     rates = iter(torch.linspace(0, drop_path, depth, device="cpu").tolist())  # timm's rule; cpu: also on meta
     first = [next(rates) for _ in range(rounds)]
@@ -55,29 +56,6 @@ def init_weights(m: nn.Module) -> None:
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-class PatchTokens(nn.Module):
-    """DeiT tokenizer: non-overlapping patches -> Linear embedding, cls token prepended, positions added."""
-
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, cls_token: bool = True) -> None:
-        super().__init__()
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
-        n = self.patch_embed.num_patches + int(cls_token)
-        self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
-        trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=0.02)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "pos_embed"}
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(img)  # (B, N, C)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
-        return x + self.pos_embed
 
 
 class SharedPair(nn.Module):
@@ -130,15 +108,9 @@ class ViTStage(nn.Module):
 
 
 def build_tokenizer(arch: Arch, drop_path: list[float] | None = None) -> nn.Module:
-    """The tokenizer module for ``arch.tokenizer``: img (B, C, H, W) -> (B, N, C0), cls first if any.
-    ``drop_path``: the rates of a progressive tokenizer's rounds (``drop_path_rates``)."""
-    tok = arch.tokenizer
-    if isinstance(tok, PatchTokenizer):
-        return PatchTokens(arch.img_size, tok.patch_size, arch.in_chans, arch.stages[0].dim, arch.has_cls_token)
-    if isinstance(tok, ProgressiveTokenizer):
-        from nas.models.progressive import ProgressiveSampling  # lazy: optional module, heavy stem
-        return ProgressiveSampling(arch, drop_path)
-    raise NasError(f"unknown tokenizer {tok!r}; allowed: patch, progressive, coarse_fine", key="tokenizer.type")
+    """The tokenizer module for ``arch.tokenizer`` (its mechanism's ``build`` hook): img (B, C, H, W) -> (B, N, C0),
+    cls first if any. ``drop_path``: the rates of the tokenizer's own layers (``drop_path_rates``)."""
+    return tokenizer(arch.tokenizer).hooks().build(arch, drop_path)
 
 
 def build_stages(arch: Arch, drop_path: list[list[tuple[float, ...]]]) -> nn.ModuleList:
@@ -161,8 +133,9 @@ class VisionTransformer(nn.Module):
     def __init__(self, arch: Arch, drop_path: float = 0.0) -> None:
         super().__init__()
         check_arch(arch)
-        if isinstance(arch.tokenizer, CoarseFineTokenizer):
-            raise ValueError("VisionTransformer does not run the coarse_fine tokenizer; use nas.models.build_model")
+        if tokenizer(arch.tokenizer).builds_model:
+            raise ValueError(f"VisionTransformer does not run the {arch.tokenizer.type} tokenizer (it builds its "
+                             "own model); use nas.models.build_model")
         self.arch = arch
         self.head_type = arch.head
         self.num_prefix = int(arch.has_cls_token)
@@ -177,9 +150,9 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, arch.num_classes) if arch.num_classes > 0 else nn.Identity()
         for m in (self.stages, self.poolings, self.head):
             m.apply(init_weights)
-        self.macs = cost(arch).macs  # per image; for ATS the worst case
-        if arch.ats is not None:      # the part ATS cannot change; the rest is counted per image in forward
-            self.fixed_macs = ats_fixed_macs(arch)
+        self.macs = cost(arch).macs  # per image; with a token reduction the worst case
+        if arch.reduction is not None:  # the part it cannot change; the rest is counted per image in forward
+            self.fixed_macs = reduced_fixed_macs(arch)
         self.last_macs: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
         self.last_kept: list[torch.Tensor] = []
@@ -189,13 +162,13 @@ class VisionTransformer(nn.Module):
     def forward_features(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, C, H, W) -> normalised tokens of the last stage (B, N_last, C_last).
 
-        Sets ``last_macs``, the MACs each image executes alone (the ``nas.measure`` protocol). With ATS the
-        token count differs per image: the batch is padded, ``last_mask`` (B, N_last) marks real rows,
-        padded rows are zero and ``last_kept`` lists the kept token positions of each ATS cell.
+        Sets ``last_macs``, the MACs each image executes alone (the ``nas.measure`` protocol). With a token
+        reduction (ATS) the token count differs per image: the batch is padded, ``last_mask`` (B, N_last) marks
+        real rows, padded rows are zero and ``last_kept`` lists the kept token positions of each reducing cell.
         """
         x = self.tokenizer(img)  # (B, N0, C0)
-        if self.arch.ats is not None:
-            return self._forward_ats(x)
+        if self.arch.reduction is not None:
+            return self._forward_reduced(x)
         for s, stage in enumerate(self.stages):
             x = run_cells(stage.cells, x)
             if s < len(self.poolings):
@@ -203,11 +176,11 @@ class VisionTransformer(nn.Module):
         self.last_macs, self.last_mask = torch.full((x.shape[0],), self.macs, dtype=torch.long), None
         return self.norm(x)
 
-    def _forward_ats(self, x: torch.Tensor) -> torch.Tensor:
-        """The stages with ATS in the cells ``arch.ats.blocks`` (their last layer samples tokens)."""
-        from nas.models.ats import ats_block  # looked up at call time: ATS is an optional mechanism
-
-        a = self.arch.ats
+    def _forward_reduced(self, x: torch.Tensor) -> torch.Tensor:
+        """The stages with the token reduction in the cells ``arch.reduction.blocks`` (their last layer keeps
+        some tokens: the mechanism's ``reduce`` hook)."""
+        a = self.arch.reduction
+        reduce = reduction_of(a).hooks().reduce
         B, N, _ = x.shape
         n = torch.full((B,), N, dtype=torch.long, device=x.device)  # real tokens per image, cls included
         pos = torch.arange(N, device=x.device).expand(B, N)          # original position of every row
@@ -215,7 +188,7 @@ class VisionTransformer(nn.Module):
         for s, (stage, st) in enumerate(zip(self.stages, self.arch.stages)):
             d, h = st.dim, st.hidden
             first, cells = first + len(stage.cells), enumerate(stage.cells, start=first)  # global cell index
-            if not ats_stage(self.arch.pooling.type, s, len(self.stages)):  # before the last pooling: static
+            if not reduction_stage(self.arch.pooling.type, s, len(self.stages)):  # before the last pooling
                 x, cells = run_cells(stage.cells, x), ()
             for g, cell in cells:
                 if isinstance(cell, nn.Identity):
@@ -225,18 +198,18 @@ class VisionTransformer(nn.Module):
                     pair = isinstance(cell, SharedPair)
                     macs = macs + layer_macs(n, d, h) + (layer_macs(n, d, h, shared=True) if pair else 0)
                     continue
-                # ATS in the cell's last layer; a shared second layer samples with the inherited map
+                # the reduction in the cell's last layer; a shared second layer reduces with the inherited map
                 block, attn = cell, None
                 if isinstance(cell, SharedPair):
                     x, attn = cell.first(x, mask=mask, need_map=True)
                     macs, block = macs + layer_macs(n, d, h), cell.second
-                x, mask, index = ats_block(block, x, mask, keep=a.keep, k=a.k, attn=attn)
+                x, mask, index = reduce(block, x, mask, a, attn)
                 n_out = mask.sum(dim=1)
                 macs = macs + layer_macs(n, d, h, shared=block.attn.shared, n_out=n_out)
                 pos = pos.gather(1, index.clamp(min=0)).masked_fill(~mask, -1)
                 kept.append(pos)
                 n = n_out
-            if s < len(self.poolings):  # the schema keeps ATS after the last pooling: mask is None here
+            if s < len(self.poolings):  # the schema keeps reductions after the last pooling: mask is None here
                 x = self.poolings[s](x)
                 n = torch.full_like(n, x.shape[1])
         self.last_macs, self.last_mask, self.last_kept = macs, mask, kept
@@ -246,7 +219,7 @@ class VisionTransformer(nn.Module):
         """(B, N, C) -> logits (B, num_classes), or pooled features (B, C) without a head."""
         if self.head_type == "cls":
             x = x[:, 0]                                                        # (B, C)
-        elif self.last_mask is not None:  # ATS: mean over the real patch tokens only
+        elif self.last_mask is not None:  # a token reduction: mean over the real patch tokens only
             m = self.last_mask[:, self.num_prefix:, None].to(x.dtype)
             x = (x[:, self.num_prefix:] * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
         else:

@@ -10,7 +10,8 @@ import fnmatch
 from dataclasses import replace
 from typing import Callable
 
-from nas.arch import Arch, PatchTokenizer, Pooling, Stage
+from nas.arch import Arch, Pooling, Stage
+from nas.mechanisms.patch import PatchTokenizer
 from nas.errors import NasError
 
 _REGISTRY: dict[str, Callable[[], Arch]] = {}

@@ -89,9 +89,8 @@ class SearchJob:
 
 
 def data_dependent(space: SearchSpace) -> bool:
-    """Whether the space's archs execute image-dependent MACs (ATS or coarse-to-fine tokenizer)."""
-    t = space.template()
-    return t.get("ats") is not None or t["tokenizer"]["type"] == "coarse_fine"
+    """Whether the space's archs execute image-dependent MACs (``SearchSpace.data_dependent``)."""
+    return space.data_dependent()
 
 
 def plan(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,

@@ -4,34 +4,30 @@ The cost of an arch (``nas.cost``) is a sum of terms along a chain: the tokenize
 width), then per stage its cells, the pooling into it (the previous and this stage's widths) and finally the
 head (the last width). Two kinds of choices:
 
-- *global* ones, which reach every stage: the tokenizer's values, the pooling kernel, ATS's keep or k;
-- *chain* ones: a stage's dim / heads / mlp_ratio, each cell's kind, each searchable ATS block.
+- *global* ones, which reach every stage: the tokenizer's values, the pooling kernel, a token reduction's
+  budget (ATS's keep or k);
+- *chain* ones: a stage's dim / heads / mlp_ratio, each cell's kind, each searchable block of the reduction.
 
 For each combination of global values, a dynamic programme walks the stages and cells in order with the
 state (tokens entering, grid side, previous width): a stage's values are chosen at its first cell, every cell
-adds its own MACs and params and, when it is an ATS block, moves the (worst-case) token count. The state
+adds its own MACs and params and, when the reduction acts in it, moves the (worst-case) token count. A tokenizer
+with several passes (CF-ViT) runs every cell once per pass and the head after each. The state
 captures everything later terms depend on, so the optimum over the chain is exact; the global combinations
 are enumerated. The work is (global combinations) x (stages x stage values + cells x kinds x token states),
 milliseconds on every shipped space, where the spaces themselves hold up to 10^9 archs.
 
-MACs are ``Cost.macs``: the worst case of data-dependent archs (ATS: every ATS layer keeps min(K, N_in)
-tokens; CF-ViT: coarse + fine pass).
+MACs are ``Cost.macs``: the worst case of data-dependent archs (a reduction keeps its ``max_kept`` tokens in every
+layer it acts in; CF-ViT runs both passes).
 """
 from __future__ import annotations
 
 import itertools
 from typing import Any, Callable
 
-from nas.arch import TOKENIZERS, Stage
-from nas.cost import (
-    cell_macs,
-    cell_params,
-    coarse_fine_fixed,
-    head_cost,
-    pooling_cost,
-    tokenizer_part,
-)
-from nas.shapes import ats_max_kept, ats_stage, fine_len, num_regions, tokenizer_side
+from nas.arch import Stage
+from nas.cost import cell_macs, cell_params, head_cost, pooling_cost
+from nas.mechanisms import reductions, tokenizer
+from nas.shapes import reduction_stage
 from nas.space.schema import Choice, Subset
 
 Decision = tuple[int, int]  # (dimension index, value index)
@@ -64,13 +60,14 @@ class _Chain:
             [(Stage(v["dim"], v["heads"], float(v["mlp_ratio"]), ()), ds)
              for v, ds in _product({k: x for k, x in st.items() if k != "cells"}, index)]
             for st in t["stages"]]
-        ats, g = t["ats"], 0
-        blocks = () if ats is None else ats["blocks"]
+        used = [key for key in reductions() if t.get(key) is not None]
+        red, g = (t[used[0]] if used else None), 0
+        blocks = () if red is None else red["blocks"]
         self.cells: list[list[list[tuple[str, bool, tuple[Decision, ...]]]]] = []
         for s, st in enumerate(t["stages"]):
             stage_cells = []
             for cell in st["cells"]:
-                if ats is None or not ats_stage(t["pooling"]["type"], s, n):
+                if red is None or not reduction_stage(t["pooling"]["type"], s, n):
                     flags = [(False, ())]
                 elif isinstance(blocks, Subset):
                     flags = ([(False, ((index[id(blocks)] + blocks.items.index(g), 0),)),
@@ -99,18 +96,17 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int]
     caches the cost terms of ``g`` across objectives."""
     t = chain.t
     img, chans, qkv_bias, classes = t["input"]["size"], t["input"]["channels"], t["qkv_bias"], t["num_classes"]
-    pool, kernel, tok = t["pooling"]["type"], g["kernel"], g["tokenizer"]
+    pool, kernel, tok, red = t["pooling"]["type"], g["kernel"], g["tokenizer"], g["reduction"]
     cls = t["head"] == "cls" or pool != "2d"
-    coarse_fine = tok.type == "coarse_fine"
-    if coarse_fine:
-        c = tok.coarse_grid
-        passes = (1 + c * c, fine_len(c, num_regions(c, tok.alpha)))  # tokens of the coarse and fine pass
-    side0 = tokenizer_side(img, tok)
+    mech = tokenizer(tok)
+    side0 = mech.side(img, tok)
+    passes = mech.passes(tok, side0 * side0 + cls)  # tokens of each run of the body
+    several = len(passes) > 1                        # then pooling is none: every stage sees the same counts
 
     def cell(kind: str, n: int, n_out: int | None, st: Stage) -> tuple[int, int]:
         key = (kind, n, n_out, st.dim, st.hidden)
         if key not in memo:
-            macs = (sum(cell_macs(kind, m, st.dim, st.hidden) for m in passes) if coarse_fine
+            macs = (sum(cell_macs(kind, m, st.dim, st.hidden) for m in passes) if several
                     else cell_macs(kind, n, st.dim, st.hidden, n_out))
             memo[key] = macs, cell_params(kind, st.dim, st.hidden, qkv_bias)
         return memo[key]
@@ -122,11 +118,9 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int]
             for st, ds in values:
                 key = (s, n, side, prev, id(st))
                 if key not in memo:
-                    if s == 0 and coarse_fine:
-                        cm, fm, p = coarse_fine_fixed(img, chans, tok, st.dim)
-                        memo[key] = cm + fm, p, 0, 0
-                    elif s == 0:
-                        memo[key] = (*tokenizer_part(img, chans, tok, st, qkv_bias, cls), side0 * side0 + cls, side0)
+                    if s == 0:
+                        macs_per_pass, p = mech.cost(img, chans, tok, st, qkv_bias, cls)
+                        memo[key] = sum(macs_per_pass), p, side0 * side0 + cls, side0
                     else:
                         m, p, n_patch, side_in = pooling_cost(pool, kernel, n - cls, side, prev, st.dim, cls)
                         memo[key] = m, p, n_patch + cls, side_in
@@ -139,9 +133,9 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int]
             after: dict[State, Best] = {}
             for (n, side, sid), (_, macs, params, trace) in entered.items():
                 st = by_id[sid]
-                for kind, ats, ds in options:
-                    n_out = 1 + ats_max_kept(n - 1, g.get("keep"), g.get("k")) if ats else n
-                    m, p = cell(kind, n, n_out if ats else None, st)
+                for kind, reduces, ds in options:
+                    n_out = 1 + g["reducer"].max_kept(red, n - 1) if reduces else n
+                    m, p = cell(kind, n, n_out if reduces else None, st)
                     _keep(after, (n_out, side, sid), (score(macs + m, params + p), macs + m, params + p, (ds, trace)))
             entered = after
         states = {}
@@ -150,8 +144,7 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int]
     result: Best | None = None
     for (n, side, dim), (_, macs, params, trace) in states.items():
         m, p = head_cost(dim, classes)
-        if coarse_fine:
-            m *= 2  # the head runs after both passes
+        m *= len(passes)  # the head runs after every pass
         cand = (score(macs + m, params + p), macs + m, params + p, (g["decisions"], trace))
         if result is None or cand[0] < result[0]:
             result = cand
@@ -166,14 +159,16 @@ def extremes(t: dict[str, Any], index: dict[int, int], n_dims: int) -> dict[str,
     """
     chain = _Chain(t, index)
     tok = {k: v for k, v in t["tokenizer"].items() if k != "type"}
-    tok_type = TOKENIZERS[t["tokenizer"]["type"]]
-    ats = t["ats"] or {}
-    budget_key = "keep" if "keep" in ats else "k"
+    mech = tokenizer(t["tokenizer"]["type"])
+    used = [key for key in reductions() if t.get(key) is not None]
+    reducer = reductions()[used[0]] if used else None
+    budget = {k: v for k, v in t[used[0]].items() if k != "blocks"} if used else {}
     globals_: list[dict[str, Any]] = []
     for tv, td in _product(tok, index):
         for kernel, kd in _options(t["pooling"]["kernel"], index):
-            for b, bd in (_options(ats[budget_key], index) if ats else [(None, ())]):
-                globals_.append({"tokenizer": tok_type(**tv), "kernel": kernel, budget_key: b,
+            for bv, bd in _product(budget, index):  # the reduction's budget, the same in every block
+                globals_.append({"tokenizer": mech.from_dict(tv), "kernel": kernel, "reducer": reducer,
+                                 "reduction": reducer.from_dict({"blocks": [], **bv}) if reducer else None,
                                  "decisions": td + kd + bd})
     scores = {"min_macs": lambda m, p: m, "max_macs": lambda m, p: -m,
               "min_params": lambda m, p: p, "max_params": lambda m, p: -p}

@@ -8,6 +8,7 @@ from a space that loads is valid. The rules and the DSL are documented in docs/s
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import yaml
 from nas.arch import ARCH_FORMAT, CELL_KINDS, CHANNELS
 from nas.errors import NasError
 from nas.limits import MAX_CELLS, MAX_VALUES, name_problem
+from nas.mechanisms import Reduction, reductions, tokenizer, tokenizers
 from nas.shapes import heads_error, pooled_side_2d
 from nas.space.yamlnodes import Node
 
@@ -288,7 +290,7 @@ class Parser:
                                             f"with 'format: {ARCH_FORMAT}'), and a search space is expected here: "
                                             f"give a space file (it has no {key!r})")
             r.allow("name", "description", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
-                    "ats", "qkv_bias", "norm_eps", "budget")
+                    *reductions(), "qkv_bias", "norm_eps", "budget")
             if not r.has("name"):
                 raise root.error(f"missing required key 'name' (a search space has a name; an arch file starts with "
                                  f"'format: {ARCH_FORMAT}')")
@@ -298,8 +300,8 @@ class Parser:
             if budget:
                 t["budget"] = budget
         else:
-            r.allow("format", "name", "input", "num_classes", "tokenizer", "stages", "pooling", "head", "ats",
-                    "qkv_bias", "norm_eps", "provenance")
+            r.allow("format", "name", "input", "num_classes", "tokenizer", "stages", "pooling", "head",
+                    *reductions(), "qkv_bias", "norm_eps", "provenance")
             if not r.has("format"):
                 raise root.error(f"missing key 'format': an arch file starts with 'format: {ARCH_FORMAT}' (a file "
                                  f"without it is a search space; the kind of a file is never guessed)", key="format")
@@ -313,12 +315,15 @@ class Parser:
         t["head"] = r.take("head", one_of("cls", "gap"), "cls")
         t["qkv_bias"] = r.take("qkv_bias", boolean, True)
         t["norm_eps"] = r.take("norm_eps", number(0.0, lo_open=True), 1e-6)
-        ats_node = r.left.get("ats")
-        t["ats"] = r.take("ats", self.ats, None)
+        used = [key for key in reductions() if r.has(key) and r.left[key].value is not None]
+        if len(used) > 1:
+            raise r.left[used[1]].error(f"an arch uses at most one token reduction; got {' and '.join(used)}")
+        for key, mech in reductions().items():  # every key present (None when unused): the space hash covers it
+            t[key] = r.take(key, lambda n, m=mech: self.reduction(n, m), None)
         if not self.allow_choices:
             t["provenance"] = r.take("provenance", self.provenance, {})
         r.done()
-        check(t, root, ats_node)
+        check(t, root)
         return t
 
     def budget(self, n: Node) -> dict[str, int]:
@@ -334,23 +339,9 @@ class Parser:
         return out
 
     def tokenizer(self, n: Node) -> dict[str, Any]:
+        """The ``type`` picks a registered tokenizer (``nas.mechanisms``), which reads the rest of the section."""
         r = Reader(n, "tokenizer")
-        kind = r.take("type", one_of("patch", "progressive", "coarse_fine"))
-        c = self.choosable
-        if kind == "patch":
-            r.allow("type", "patch_size")
-            out = {"type": kind, "patch_size": r.take("patch_size", integer(1), 16)}
-        elif kind == "progressive":
-            r.allow("type", "points", "iterations", "share_weights")
-            out = {"type": kind, "points": r.take("points", c(integer(1, 64)), 14),
-                   "iterations": r.take("iterations", c(integer(1, 32)), 4),
-                   "share_weights": r.take("share_weights", c(boolean), False)}
-        else:
-            r.allow("type", "patch_size", "coarse_grid", "alpha", "exit_threshold")
-            out = {"type": kind, "patch_size": r.take("patch_size", integer(1), 16),
-                   "coarse_grid": r.take("coarse_grid", c(integer(1)), 7),
-                   "alpha": r.take("alpha", c(number(0.0, 1.0, lo_open=True)), 0.5),
-                   "exit_threshold": r.take("exit_threshold", c(number(0.0)), 1.0)}
+        out = tokenizer(r.take("type", one_of(*tokenizers()))).read(r, self.choosable)
         r.done()
         return out
 
@@ -396,17 +387,13 @@ class Parser:
         r.done()
         return out
 
-    def ats(self, n: Node) -> dict[str, Any] | None:
+    def reduction(self, n: Node, mech: Reduction) -> dict[str, Any] | None:
+        """A token reduction's section: ``blocks`` (the cells it acts in) and the mechanism's own keys."""
         if n.value is None:
             return None
-        r = Reader(n, "ats").allow("blocks", "keep", "k")
-        out: dict[str, Any] = {"blocks": r.take("blocks", self.blocks)}
-        if r.has("keep") == r.has("k"):
-            raise n.error("give exactly one of 'keep' (ratio rho in (0, 1]) or 'k' (patch tokens kept)")
-        if r.has("keep"):
-            out["keep"] = r.take("keep", self.choosable(number(0.0, 1.0, lo_open=True)))
-        else:
-            out["k"] = r.take("k", self.choosable(integer(1)))
+        r = Reader(n, mech.name)
+        own = mech.read(r, self.choosable)  # declares the keys allowed here (``blocks`` among them)
+        out = {"blocks": r.take("blocks", self.blocks), **own}
         r.done()
         return out
 
@@ -455,9 +442,17 @@ def _at(root: Node, path: str) -> Node:
     return node
 
 
-def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
+def tokenizer_values(tok: dict[str, Any]) -> list[Any]:
+    """Every tokenizer config a template's ``tokenizer`` section can give (the product of its choices)."""
+    mech = tokenizer(tok["type"])
+    keys = [k for k in tok if k != "type"]
+    return [mech.from_dict(dict(zip(keys, combo))) for combo in itertools.product(*(options(tok[k]) for k in keys))]
+
+
+def check(t: dict[str, Any], root: Node) -> None:
     """Cross-field rules. Each error names the key at fault and what would be allowed."""
     size, tok, pool, stages = t["input"]["size"], t["tokenizer"], t["pooling"], t["stages"]
+    mech = tokenizer(tok["type"])
 
     def fail(path: str, message: str) -> None:
         raise _at(root, path).error(message, key=path)
@@ -472,19 +467,7 @@ def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
             for r in options(st["mlp_ratio"]):
                 if int(d * r) < 1:
                     fail(f"stages[{s}].mlp_ratio", f"mlp_ratio {r} gives an empty MLP for dim {d}")
-    if tok["type"] in ("patch", "coarse_fine") and size % tok["patch_size"]:
-        fail("tokenizer.patch_size", f"input size {size} is not divisible by patch_size {tok['patch_size']}")
-    if tok["type"] == "coarse_fine":
-        for g in options(tok["coarse_grid"]):
-            if 2 * g * tok["patch_size"] != size:
-                fail("tokenizer.coarse_grid", f"coarse_grid {g} needs input size 2 * {g} * patch_size = "
-                     f"{2 * g * tok['patch_size']}, got {size} (each coarse region splits into 2x2 patches); "
-                     f"allowed here: {size // tok['patch_size'] // 2 if size % (2 * tok['patch_size']) == 0 else 'none'}")
-        if pool["type"] != "none":
-            fail("pooling.type", f"coarse_fine needs pooling type none (its fine sequence is not a grid), got "
-                 f"{pool['type']}")
-        if t["head"] != "cls":
-            fail("head", "coarse_fine needs head cls (regions are chosen by class attention)")
+    mech.check_space(t, fail)
     if pool["type"] == "none" and len(stages) > 1:
         dims = [options(st["dim"]) for st in stages]
         if any(len(d) > 1 for d in dims) or len({d[0] for d in dims}) > 1:
@@ -495,40 +478,42 @@ def check(t: dict[str, Any], root: Node, ats_node: Node | None) -> None:
             if k % 2 == 0:
                 fail("pooling.kernel", f"1d pooling needs an odd kernel (the token count must not shift), got {k}")
     if pool["type"] == "2d":
-        if tok["type"] != "patch":
-            fail("pooling.type", f"2d pooling needs the patch tokenizer (a token grid), got {tok['type']}")
+        if not mech.grid:
+            grids = " or ".join(name for name, m in tokenizers().items() if m.grid)
+            fail("pooling.type", f"2d pooling needs the {grids} tokenizer (a token grid), got {tok['type']}")
         if t["head"] != "gap":
             fail("head", "2d pooling drops the cls token: head must be gap")
-        grids = {size // tok["patch_size"]}
+        grids = {mech.side(size, cfg) for cfg in tokenizer_values(tok)}
         for s in range(1, len(stages)):
             for grid in sorted(grids):
                 if grid % 2:
                     fail("pooling.type", f"2d pooling before stage {s} needs an even token grid, got {grid}x{grid} "
-                         f"(input {size} / patch {tok['patch_size']} halved {s - 1} times)")
+                         f"(the tokenizer's grid halved {s - 1} times)")
             try:
                 grids = {pooled_side_2d(g, k) for g in grids for k in options(pool["kernel"])}
             except NasError as e:
                 fail("pooling.kernel", e.message)
-    if t["ats"] is not None:
-        _check_ats(t, fail, ats_node)
+    for key, red in reductions().items():
+        if t.get(key) is not None:
+            _check_reduction(t, key, fail)
+            red.check_space(t, fail)
 
 
-def _check_ats(t: dict[str, Any], fail: Callable[[str, str], None], node: Node | None) -> None:
-    a, stages = t["ats"], t["stages"]
-    if t["tokenizer"]["type"] == "coarse_fine":
-        fail("ats", "ats cannot be combined with the coarse_fine tokenizer")
+def _check_reduction(t: dict[str, Any], key: str, fail: Callable[[str, str], None]) -> None:
+    """Where a token reduction may act: cells that exist, are never identity, after the last token pooling."""
+    a, stages = t[key], t["stages"]
     if t["pooling"]["type"] == "2d":
-        fail("ats", "ats needs a cls token; 2d pooling has none")
+        fail(key, f"{key} needs a cls token; 2d pooling has none")
     cells = [(s, c, kind) for s, st in enumerate(stages) for c, kind in enumerate(st["cells"])]
     blocks = a["blocks"].items if isinstance(a["blocks"], Subset) else a["blocks"]
     for b in blocks:
         if b >= len(cells):
-            fail("ats.blocks", f"block {b} does not exist: the space has {len(cells)} cells (0..{len(cells) - 1})")
+            fail(f"{key}.blocks", f"block {b} does not exist: the space has {len(cells)} cells (0..{len(cells) - 1})")
         s, c, kind = cells[b]
         if "identity" in options(kind):
-            fail("ats.blocks", f"block {b} (stage {s}, cell {c}) can be an identity cell; ATS blocks must be "
+            fail(f"{key}.blocks", f"block {b} (stage {s}, cell {c}) can be an identity cell; {key} blocks must be "
                  f"cells whose choices exclude identity")
         if t["pooling"]["type"] != "none" and s != len(stages) - 1:
-            fail("ats.blocks", f"block {b} is in stage {s}, before a token pooling; ATS blocks must be in the "
+            fail(f"{key}.blocks", f"block {b} is in stage {s}, before a token pooling; {key} blocks must be in the "
                  f"last stage (stage {len(stages) - 1}, cells {sum(len(st['cells']) for st in stages[:-1])}.."
                  f"{len(cells) - 1})")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from nas.arch import Arch
+from nas.mechanisms import reductions, tokenizer
 from nas.space.bounds import extremes
 from nas.space.schema import Choice, Subset
 
@@ -82,6 +83,12 @@ class SearchSpace:
         """Exact number of distinct archs (identity cell positions count: they are distinct supernet paths)."""
         return math.prod(len(d.values) for d in self.dims)
 
+    def data_dependent(self) -> bool:
+        """Whether some arch of the space executes image-dependent MACs: a data-dependent tokenizer (CF-ViT's
+        early exit) or a token reduction (ATS)."""
+        return (tokenizer(self._t["tokenizer"]["type"]).data_dependent
+                or any(self._t.get(key) is not None for key in reductions()))
+
     def template(self) -> dict[str, Any]:
         """The space as plain data (choices as ``{choice: [...]}``, subsets as ``{subset: [...]}``)."""
         return _jsonable(self._t)
@@ -143,9 +150,11 @@ class SearchSpace:
                 raise ValueError(f"{path}: {a!r} differs from the space's fixed value {t!r}")
 
         d = arch.to_dict(with_provenance=False)
-        if (self._t["ats"] is None) != ("ats" not in d):
-            raise ValueError("ats: the arch and the space disagree on whether ATS is used")
-        d.setdefault("ats", None)
+        for key in reductions():
+            if (self._t.get(key) is None) != (key not in d):
+                raise ValueError(f"{key}: the arch and the space disagree on whether {key} is used")
+            if key in self._t:
+                d.setdefault(key, None)
         match({k: v for k, v in self._t.items() if k != "provenance"}, d, "")
         return out
 

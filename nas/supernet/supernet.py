@@ -30,7 +30,7 @@ The set of tensors and their largest shapes come from meta skeletons of a coveri
 hold each tensor at its largest shape, so a supernet starts with the standalone models' init. Creating a
 supernet draws from torch's global RNG (same seed, same supernet); ``forward`` and ``extract`` draw nothing.
 
-Training options of the models (``build_model``'s ``drop_path``, ``coarse_fine_warmup``) are given once,
+Training options of the models (``build_model``'s ``drop_path``, ``options``) are given once,
 ``Supernet(space, drop_path=0.1)``: every path and every extracted model is built with them. They change no
 tensor and no eval-mode output. A path's training objective is its model's (``nas.models.objective``):
 ``with supernet.bound(arch) as model: loss, logits = training_loss(model, x, y, criterion, progress)``.
@@ -53,28 +53,17 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nas.arch import Arch, ProgressiveTokenizer
+from nas.arch import Arch
 from nas.errors import NasError
+from nas.mechanisms import tokenizer
 from nas.space import SearchSpace
 from nas.supernet.skeleton import build_skeleton, constants
 from nas.supernet.slicing import fits, rule_for, slice_tensor
 
-_SHARED_PROGRESSIVE = (("tokenizer.layers.0.", "tokenizer.shared_layer."),
-                       ("tokenizer.offsets.0.", "tokenizer.shared_offset."))
-
-
 def supernet_name(arch: Arch, name: str) -> str:
-    """Supernet key of the standalone model's tensor ``name`` in ``arch``.
-
-    The identity, except for PS-ViT's shared sampling layer (``share_weights``), which is its own choice
-    block: ``tokenizer.layers.0.*`` -> ``tokenizer.shared_layer.*``, ``tokenizer.offsets.0.*`` ->
-    ``tokenizer.shared_offset.*``.
-    """
-    if isinstance(arch.tokenizer, ProgressiveTokenizer) and arch.tokenizer.share_weights:
-        for old, new in _SHARED_PROGRESSIVE:
-            if name.startswith(old):
-                return new + name[len(old):]
-    return name
+    """Supernet key of the standalone model's tensor ``name`` in ``arch``: the identity, unless the tokenizer
+    keeps a choice block of its own (``Tokenizer.supernet_name``: PS-ViT's shared sampling layer)."""
+    return tokenizer(arch.tokenizer).supernet_name(arch.tokenizer, name)
 
 
 def covering_vectors(space: SearchSpace) -> list[list[int]]:

@@ -23,6 +23,7 @@ Keys (all optional; defaults in brackets)::
     label_smoothing: [0, 1)         # [0.1]
     drop_path: [0, 1)               # [0] stochastic depth of the last layer, linear from 0 over the layers
     coarse_fine: {warmup_fraction [2/3]: in [0, 1]}   # CF-ViT: share of training with all fine tokens
+                                    # (a mechanism's section: ``nas.mechanisms``, its ``training``)
     mixup:      {mixup_alpha [0], cutmix_alpha [0], prob [1], switch_prob [0.5]}   # off when both alphas are 0
     augment:    {auto_augment: str or null [null], color_jitter >= 0 [0.4], re_prob in [0, 1] [0],
                  interpolation: bilinear | bicubic [bilinear]}   # ImageFolder training images (timm create_transform)
@@ -73,7 +74,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nas.errors import NasError
-from nas.shapes import WARMUP_FRACTION
+from nas.mechanisms import Mechanism, reductions, tokenizers
 from nas.shipped import find
 from nas.shipped import path as shipped_path
 from nas.space.schema import Reader, boolean, got, integer, number, one_of, text
@@ -159,9 +160,13 @@ class DataCfg:
     num_workers: int = 0
 
 
-@dataclass(frozen=True)
-class CoarseFineCfg:
-    warmup_fraction: float = WARMUP_FRACTION  # the paper's
+def trained_mechanisms() -> dict[str, Mechanism]:
+    """The registered mechanisms with a section in training recipes (their ``training``), by name."""
+    return {name: m for name, m in {**tokenizers(), **reductions()}.items() if m.training is not None}
+
+
+def _mechanism_defaults() -> dict[str, Any]:
+    return {name: m.training() for name, m in trained_mechanisms().items()}
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class Recipe:
     schedule: ScheduleCfg = ScheduleCfg()
     label_smoothing: float = 0.1
     drop_path: float = 0.0
-    coarse_fine: CoarseFineCfg = field(default_factory=CoarseFineCfg)
+    mechanisms: dict[str, Any] = field(default_factory=_mechanism_defaults)  # sections under their names
     mixup: MixupCfg = MixupCfg()
     augment: AugmentCfg = AugmentCfg()
     sampler: SamplerCfg = SamplerCfg()
@@ -199,6 +204,7 @@ class Recipe:
         """Plain data in the recipe file format (``load_recipe`` of its YAML gives an equal Recipe)."""
         d = asdict(self)
         d.pop("file"), d.pop("lines")
+        d.update(d.pop("mechanisms"))  # each at the top level, under the mechanism's name
         if not d["description"]:
             d.pop("description")
         d["optimizer"]["betas"] = list(self.optimizer.betas)
@@ -218,7 +224,7 @@ class Recipe:
 
     def model_kwargs(self) -> dict[str, Any]:
         """The training options ``nas.models.build_model`` (and ``Supernet``) take from a recipe."""
-        return {"drop_path": self.drop_path, "coarse_fine_warmup": self.coarse_fine.warmup_fraction}
+        return {"drop_path": self.drop_path, "options": dict(self.mechanisms)}
 
     @property
     def lr(self) -> float:
@@ -389,12 +395,13 @@ def _data(r: Reader) -> DataCfg:
     return out
 
 
-def _coarse_fine(r: Reader) -> CoarseFineCfg:
-    d = CoarseFineCfg()
-    r.allow("warmup_fraction")
-    out = CoarseFineCfg(r.take("warmup_fraction", number(0.0, 1.0), d.warmup_fraction))
-    r.done()
-    return out
+def _done(read: Callable[[Reader], Any]) -> Callable[[Reader], Any]:
+    """``read``, then reject any key it left."""
+    def run(r: Reader) -> Any:
+        out = read(r)
+        r.done()
+        return out
+    return run
 
 
 def _checkpoint(r: Reader) -> CheckpointCfg:
@@ -417,8 +424,8 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
     """Validate a recipe Node tree (see the module docstring for the keys)."""
     r = Reader(root, "a recipe").allow(
         "name", "description", "seed", "epochs", "batch_size", "optimizer", "schedule", "label_smoothing",
-        "drop_path", "coarse_fine", "mixup", "augment", "sampler", "data", "grad_clip", "checkpoint", "device",
-        "space_overrides", "width_multiplier")
+        "drop_path", "mixup", "augment", "sampler", "data", "grad_clip", "checkpoint", "device",
+        "space_overrides", "width_multiplier", *trained_mechanisms())
     d = Recipe()
     lines = _Lines()
     lines.walk(root)
@@ -430,7 +437,8 @@ def parse_recipe(root: Node, name: str = "") -> Recipe:
         schedule=_section(r, "schedule", _schedule, d.schedule),
         label_smoothing=r.take("label_smoothing", _below(number(0.0), 1.0), d.label_smoothing),
         drop_path=r.take("drop_path", _below(number(0.0), 1.0), d.drop_path),
-        coarse_fine=_section(r, "coarse_fine", _coarse_fine, d.coarse_fine),
+        mechanisms={name: _section(r, name, _done(m.read_training), d.mechanisms[name])
+                    for name, m in trained_mechanisms().items()},
         mixup=_section(r, "mixup", _mixup, d.mixup), augment=_section(r, "augment", _augment, d.augment),
         sampler=_section(r, "sampler", _sampler, d.sampler),
         data=_section(r, "data", _data, d.data), grad_clip=r.take("grad_clip", number(0.0), d.grad_clip),

@@ -1,5 +1,7 @@
 """ATS: adaptive token sampling (arXiv 2111.15667; docs/mechanisms.md section 2). Parameter-free, batch-invariant.
 
+The layers; the config, rules and budget are the torch-free ``nas.mechanisms.ats``.
+
 An ATS block is an ordinary pre-norm block whose attention keeps only some output rows: cls plus the
 patch tokens drawn by inverse-transform sampling over the cls-attention significance scores. The pieces:
 
@@ -8,7 +10,7 @@ patch tokens drawn by inverse-transform sampling over the cls-attention signific
 - ``ats_block``: the ATS forward of one block, for ``nas.models.layers.Block`` and for timm's
   ``vision_transformer.Block``; ``masked_block``: the plain forward of either on a padded batch;
 - executed MACs per image (fvcore convention) come from ``nas.cost.layer_macs``, the bounds from
-  ``nas.cost.ats_layers_bounds``;
+  ``nas.cost.reduced_layers_bounds``;
 - ``apply_ats``: turns a constructed timm ``VisionTransformer`` into its ATS version (``ATSViT``), sharing
   its weights, recording per-image MACs in ``last_macs`` on every forward (the ``nas.measure`` protocol).
 
@@ -24,7 +26,7 @@ Decisions where the paper is loose (each is also stated where it is implemented)
 - Kept tokens stay in their original order (cls first); padded rows go last and are exactly zero.
 - ``N_in`` in the budget rule K = max(round(rho * N_in), 8), capped at N_in, counts the real *patch* tokens
   entering the block (cls excluded); ``round`` is Python's (half to even).
-- A fixed ``k`` is the number of quantiles drawn, whatever N_in is (``nas.shapes.ats_budget``): the ATS
+- A fixed ``k`` is the number of quantiles drawn, whatever N_in is (``ats_budget``): the ATS
   authors' released DeiT-S model (NUM_TOKENS = 197, cls included) draws 196 in every ATS block, also after
   earlier blocks dropped tokens: ``k=196`` here. Quantiles that land on the same token merge, so
   K' <= min(k, N_in). (Their quantiles are evenly spaced from the smallest CDF value to 1 on a min-max
@@ -45,10 +47,10 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from nas.cost import ats_layers_bounds, layer_macs
+from nas.cost import layer_macs, reduced_layers_bounds
 from nas.errors import NasError
+from nas.mechanisms.ats import ATS, MECHANISM, ats_budget, check_ats_budget
 from nas.models.layers import Block
-from nas.shapes import ats_budget, check_ats_budget
 
 __all__ = [
     "token_budget", "significance", "inverse_transform_sample", "kept_indices", "take_rows", "ATSOut", "ats_block",
@@ -58,7 +60,7 @@ __all__ = [
 
 # --- the budget K ----------------------------------------------------------------------------------------
 def token_budget(n_patches: torch.Tensor, keep: float | None = None, k: int | None = None) -> torch.Tensor:
-    """K per image, ``nas.shapes.ats_budget`` applied to (B,) real patch tokens per image -> (B,) long."""
+    """K per image, ``ats_budget`` applied to (B,) real patch tokens per image -> (B,) long."""
     check_ats_budget(keep, k)
     n_patches = n_patches.long()
     if k is not None:
@@ -283,7 +285,7 @@ class ATSViT(nn.Module):
         """Analytic (macs_min, macs_max) per image at the ViT's configured input size."""
         n = self.vit.patch_embed.num_patches
         layers = [(self.dim, h, False, i in self.ats_blocks) for i, h in enumerate(self.hidden)]
-        lo, hi = ats_layers_bounds(n + 1, layers, self.keep, self.k)
+        lo, hi = reduced_layers_bounds(n + 1, layers, MECHANISM, ATS((), self.keep, self.k))
         return lo + self._fixed_macs(n), hi + self._fixed_macs(n)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,3 +362,9 @@ def apply_ats(model: VisionTransformer, blocks: Sequence[int], keep: float | Non
         if not isinstance(blk.mlp, Mlp) or blk.attn.attn_dim != model.embed_dim:
             raise NasError(f"block {i}: ATS MACs assume timm's Mlp and attention width = embed dim")
     return ATSViT(model, blocks, keep=keep, k=k)
+
+
+def reduce(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, cfg: ATS,
+           attn: torch.Tensor | None = None) -> ATSOut:
+    """The ``nas.mechanisms.Reduction`` hook: ``ats_block`` with the arch's budget."""
+    return ats_block(block, x, mask, keep=cfg.keep, k=cfg.k, attn=attn)

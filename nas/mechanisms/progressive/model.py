@@ -1,6 +1,6 @@
-"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1).
+"""PS-ViT progressive sampling tokenizer (arXiv 2108.01684; docs/mechanisms.md section 1): the model.
 
-Its cost is ``nas.cost.progressive_cost``.
+Its config, rules and cost are the torch-free ``nas.mechanisms.progressive`` (``progressive_cost``).
 
 A ResNet stem turns the image into a stride-4 feature map F (B, C, H, W). Then ``iterations`` rounds of:
 sample n*n tokens of F bilinearly at the points p_t, add a position embedding of the (detached) points and
@@ -12,7 +12,7 @@ Decisions where the paper is silent (or disagree with the authors' code):
 - Stem widths. The paper takes "the first two residual blocks of ResNet-50's first stage", whose output width
   is 256; the authors' published models use 64 -> 256 -> C for PS-ViT-B (C = 384) and 64 -> 192 -> 192 for
   PS-ViT-Ti (C = 192). Both are ``min(C, 256)`` for the first block's output width
-  (``nas.shapes.stem_widths``). With the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and
+  (``stem_widths``). With the literal "64 -> C" for both blocks PS-ViT-B has 21.27M params and
   2.86G MACs for B/10 (published 21.34M, 3.11G: -8%); with the authors' widths every published figure is met
   (see spaces/reference/ps_vit_*.yaml).
 - The bottleneck is written here: timm's and torchvision's ``Bottleneck`` derive the output width as
@@ -29,7 +29,7 @@ Decisions where the paper is silent (or disagree with the authors' code):
   an n x n grid. The authors' code orders y fastest; with no absolute position table the output of the model
   does not depend on the order.
 - The initial points are computed from the actual feature map size at every forward (pixel i centred at i,
-  cell size H/n), so any input size works; ``nas.cost.progressive_cost`` uses ``arch.img_size``.
+  cell size H/n), so any input size works; ``progressive_cost`` uses ``arch.img_size``.
 - The cls token is prepended only when ``arch.has_cls_token`` (2d pooling with a gap head has none).
 - Sampling points, offsets added to them and the grid_sample grid stay in float32 (float64 for a float64
   feature map) whatever the feature dtype: in bfloat16 a point near pixel 54 of a 56-pixel map moves by 0.1 px.
@@ -50,7 +50,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.models.layers import Block
-from nas.shapes import STEM_STRIDE, STEM_WIDTH, check_progressive, progressive_modules, stem_widths
+from nas.mechanisms.progressive import STEM_STRIDE, STEM_WIDTH, progressive_modules, stem_widths
 
 
 def image_points(points: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ class ProgressiveSampling(nn.Module):
 
     def __init__(self, arch: Arch, drop_path: list[float] | None = None) -> None:
         super().__init__()
-        tok = check_progressive(arch)
+        tok = arch.tokenizer
         st = arch.stages[0]
         self.points, self.iterations, self.share_weights = tok.points, tok.iterations, tok.share_weights
         self.in_chans, self.dim = arch.in_chans, st.dim
@@ -207,3 +207,8 @@ class ProgressiveSampling(nn.Module):
         if self.cls_token is None:
             return tokens
         return torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)  # (B, 1 + P, C)
+
+
+def build(arch: Arch, drop_path: list[float] | None = None) -> nn.Module:
+    """The tokenizer module of ``arch`` (``nas.mechanisms.Tokenizer``'s hook); ``drop_path``: its rounds' rates."""
+    return ProgressiveSampling(arch, drop_path)

@@ -1,5 +1,7 @@
 """CF-ViT: coarse-to-fine inference (arXiv 2203.03821; docs/mechanisms.md section 4), batch-invariant, with per-image cost.
 
+The model; the config, rules and cost are the torch-free ``nas.mechanisms.coarse_fine``.
+
 One ViT runs twice with shared weights; only the two position tables differ.
 
 1. Coarse pass: the image resized (bilinear, align_corners=True) to ``patch_size * c`` pixels goes through the
@@ -72,8 +74,8 @@ from timm.layers import Mlp, PatchEmbed, trunc_normal_
 from torch import nn
 
 from nas.arch import Arch
-from nas.cost import coarse_fine_macs
 from nas.errors import NasError
+from nas.mechanisms.coarse_fine import REUSE_RATIO, WARMUP_FRACTION, CoarseFineTraining, coarse_fine_macs, num_regions
 from nas.models.layers import Block
 from nas.models.vit import (
     SharedPair,
@@ -83,7 +85,7 @@ from nas.models.vit import (
     run_cells,
     tokenizer_no_weight_decay,
 )
-from nas.shapes import REUSE_RATIO, WARMUP_FRACTION, check_arch, check_coarse_fine, num_regions
+from nas.shapes import check_arch
 
 __all__ = [
     "GCA_BETA",
@@ -198,7 +200,7 @@ class CoarseFineViT(nn.Module):
     def __init__(self, arch: Arch, drop_path: float = 0.0, warmup_fraction: float = WARMUP_FRACTION) -> None:
         super().__init__()
         check_arch(arch)
-        tok = check_coarse_fine(arch)
+        tok = arch.tokenizer
         if not 0 <= warmup_fraction <= 1:
             raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}")
         self.arch = arch
@@ -308,3 +310,10 @@ class CoarseFineViT(nn.Module):
             logits = logits.index_copy(0, go, fine.to(logits.dtype))
         self.last_macs = torch.where(exits.cpu(), self.macs_coarse, self.macs_coarse + self.macs_fine).long()
         return logits
+
+
+def build_model(arch: Arch, drop_path: float = 0.0, options: CoarseFineTraining | None = None) -> CoarseFineViT:
+    """The whole model of a coarse_fine arch (``nas.mechanisms.Tokenizer.builds_model``); ``options``: its
+    recipe section (None: the paper's warm-up)."""
+    warmup = WARMUP_FRACTION if options is None else options.warmup_fraction
+    return CoarseFineViT(arch, drop_path=drop_path, warmup_fraction=warmup)
