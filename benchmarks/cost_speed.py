@@ -11,7 +11,9 @@ import platform
 import random
 import time
 
-from nas.arch import Arch, PatchTokenizer, Pooling, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.patch import PatchTokenizer
 from nas.cost import cost
 from nas.models import get_arch
 

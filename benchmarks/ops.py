@@ -5,7 +5,7 @@ alike. Printed: time ratio against MACs ratio (MACs from ``nas.cost`` or the mod
 
 1. sharing: a sharing layer (attention map inherited, V only) vs a basic layer, and a shared pair vs two basic
    layers, at DeiT-Tiny width (192, 197 tokens) and a small setting (64, 65 tokens);
-2. ats: ``nas.models.ats.apply_ats`` on a timm ViT (DeiT-Ti, or DeiT-S with ``--ats-arch small``) at keep 1.0
+2. ats: ``nas.models.reduction.apply_ats`` on a timm ViT (DeiT-Ti, or DeiT-S with ``--ats-arch small``) at keep 1.0
    and 0.72 vs the plain ViT, images/s at batch ``--batch`` and at batch 1. Random weights with timm's
    jax-style init (xavier-uniform projections): with the default trunc-normal(0.02) init the cls attention is
    nearly flat and ATS keeps nearly every token, so there would be little to measure;
@@ -32,10 +32,12 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.cost import cost, layer_macs, progressive_cost
+from nas.cost import cost, layer_macs
+
+from nas.mechanisms.progressive import progressive_cost
 from nas.models import build_model
 from nas.models.layers import Block
-from nas.models.progressive import bilinear_sample
+from nas.mechanisms.progressive.model import bilinear_sample
 from nas.models.vit import SharedPair
 from nas.space import load_arch
 
@@ -124,7 +126,7 @@ def bench_ats(args: argparse.Namespace) -> None:
     """ATS (blocks 3..11) at keep 1.0 and 0.72 vs the plain timm ViT, at batch ``--batch`` and batch 1."""
     from timm.models.vision_transformer import VisionTransformer
 
-    from nas.models.ats import apply_ats
+    from nas.mechanisms.ats.model import apply_ats
 
     arch = load_arch(REFERENCE / f"deit_{args.ats_arch}.yaml")
     st = arch.stages[0]

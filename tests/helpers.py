@@ -7,7 +7,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import Arch, PatchTokenizer, Pooling, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.patch import PatchTokenizer
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:

@@ -13,7 +13,9 @@ import yaml
 
 from nas.space import load_arch
 
-from nas.arch import Arch, Pooling, ProgressiveTokenizer, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.progressive import ProgressiveTokenizer
 from nas.cost import Cost, cost, layer_macs, layer_params
 from nas.shapes import stage_tokens
 from nas.errors import NasError

@@ -74,7 +74,8 @@ def test_the_cycle_finder_finds_lazy_circles():
 
 
 def test_cost_and_space_do_not_import_torch():
-    code = "import nas.cost, nas.space, nas.shapes, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import nas.cost, nas.space, nas.shapes, nas.mechanisms, sys; nas.mechanisms.tokenizers(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
@@ -93,15 +94,15 @@ def test_cli_reads_spaces_and_arch_files_without_torch():
 
 def test_cost_imports_no_model():
     graph = import_graph()
-    for mod in ("nas.cost", "nas.shapes", "nas.arch"):
-        assert not {m for m in graph[mod] if m.startswith("nas.models")}, mod
+    for mod in ("nas.cost", "nas.shapes", "nas.arch", "nas.mechanisms"):
+        assert not {m for m in graph[mod] if m.startswith("nas.models") or m.endswith(".model")}, mod
 
 
 # --- layers: a module imports only modules of its own layer or below ------------------------------------------
 LAYERS: list[tuple[str, ...]] = [
     ("nas.errors", "nas.atomic", "nas.limits", "nas.stats", "nas.shipped"),
     # torch-free descriptions and configs: archs, shapes, cost, spaces, recipes, run-directory metadata
-    ("nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir"),
+    ("nas.mechanisms", "nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir"),
     ("nas.models", "nas.weights", "nas.data", "nas.measure"),
     ("nas.supernet",),
     ("nas.train",),
@@ -110,11 +111,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("nas.distributed",),
     ("nas.cli", "nas"),
 ]
-"""Bottom to top. A module is in the layer of the longest name above that is it or a package holding it."""
+"""Bottom to top. A module is in the layer of the longest name above that is it or a package holding it; a
+mechanism's torch half (``nas.mechanisms.<name>.model``) is in the layer of ``nas.models``."""
 
 
 def layer(mod: str) -> int:
     """The index in ``LAYERS`` of ``mod`` (longest matching prefix wins: ``nas.train.recipe`` before ``nas.train``)."""
+    parts = mod.split(".")
+    if parts[:2] == ["nas", "mechanisms"] and len(parts) == 4 and parts[3] == "model":
+        mod = "nas.models"
     best, depth = None, -1
     for i, names in enumerate(LAYERS):
         for name in names:

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nas.errors import NasError
 from nas.measure import MeasuredCost, measure_cost
-from nas.models.ats import apply_ats
+from nas.mechanisms.ats.model import apply_ats
 
 
 def untrained_ats(keep: float = 0.72, weight_init: str = "jax"):

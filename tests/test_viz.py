@@ -9,12 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.arch import ATS, Arch, CoarseFineTokenizer, PatchTokenizer, Pooling, ProgressiveTokenizer, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.ats import ATS
+
+from nas.mechanisms.coarse_fine import CoarseFineTokenizer
+
+from nas.mechanisms.patch import PatchTokenizer
+
+from nas.mechanisms.progressive import ProgressiveTokenizer
 from nas.cli import main
 from nas.models import build_model
 from nas.search.history import Candidate, History, read_history
 from nas.search.plots import best_so_far, pareto_front, ranking_column, search_plot
-from nas.shapes import feature_size
+from nas.mechanisms.progressive import feature_size
 from nas.space import save_arch
 from nas.viz import coarse_fine_regions, kept_tokens, sampling_points, token_footprints
 
@@ -27,7 +35,7 @@ def progressive_arch(points: int = 4, iterations: int = 3) -> Arch:
 
 def ats_arch(**kw) -> Arch:
     return Arch(32, 3, 10, PatchTokenizer(4), (Stage(32, 2, 2.0, ("basic", "basic", "shared_pair")),),
-                ats=ATS((1, 2), **(kw or {"keep": 0.5})), name="ats")
+                reduction=ATS((1, 2), **(kw or {"keep": 0.5})), name="ats")
 
 
 def cf_arch(eta: float = 1.0) -> Arch:
@@ -58,7 +66,7 @@ def check_png(path: Path) -> None:
     (progressive_arch(), ["sampling"]),
     (ats_arch(), ["ats"]),
     (cf_arch(), ["coarse_fine"]),
-    (Arch(32, 3, 10, ProgressiveTokenizer(4, 2), (Stage(32, 2, 2.0, ("basic", "basic")),), ats=ATS((1,), k=8)),
+    (Arch(32, 3, 10, ProgressiveTokenizer(4, 2), (Stage(32, 2, 2.0, ("basic", "basic")),), reduction=ATS((1,), k=8)),
      ["sampling", "ats"]),
 ])
 def test_viz_writes_pngs_for_each_mechanism(tmp_path, capsys, arch, suffixes):

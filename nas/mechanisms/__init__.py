@@ -24,12 +24,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import MISSING, fields
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from nas.errors import NasError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from nas.arch import Arch, Stage
+Arch = Stage = Any  # ``nas.arch``'s classes, which import this module: named here for the signatures only
 
 BUILTIN = ("nas.mechanisms.patch", "nas.mechanisms.progressive", "nas.mechanisms.coarse_fine", "nas.mechanisms.ats")
 """The packages of the shipped mechanisms, imported (and so registered) the first time the registry is read."""
@@ -77,7 +76,7 @@ class Mechanism:
     def check_space(self, t: dict[str, Any], fail: Fail) -> None:
         """Rules between this mechanism and the rest of template ``t``, over every reachable choice."""
 
-    def check(self, arch: "Arch") -> None:
+    def check(self, arch: Arch) -> None:
         """The rules the model needs of a whole arch; raises NasError naming the key at fault."""
 
     def to_dict(self, cfg: Any) -> dict[str, Any]:
@@ -121,7 +120,7 @@ class Tokenizer(Mechanism):
         body and the head run once per pass; a data-dependent tokenizer may stop after any pass."""
         return (tokens,)
 
-    def cost(self, img_size: int, in_chans: int, tok: Any, st: "Stage", qkv_bias: bool,
+    def cost(self, img_size: int, in_chans: int, tok: Any, st: Stage, qkv_bias: bool,
              cls: bool) -> tuple[tuple[int, ...], int]:
         """(MACs of its own modules in each pass, their params), feeding stage ``st`` (its width)."""
         raise NotImplementedError
@@ -191,16 +190,23 @@ def _load() -> None:
             importlib.import_module(module)
 
 
+def _ordered(table: dict[str, Any]) -> dict[str, Any]:
+    """The built-in mechanisms in ``BUILTIN`` order (whatever imported them first), then the others as registered."""
+    rank = {module: i for i, module in enumerate(BUILTIN)}
+    order = sorted(table, key=lambda name: rank.get(type(table[name]).__module__, len(BUILTIN)))
+    return {name: table[name] for name in order}
+
+
 def tokenizers() -> dict[str, Tokenizer]:
-    """The registered tokenizers by ``type``, in registration order."""
+    """The registered tokenizers by ``type``: the built-in ones, then others in registration order."""
     _load()
-    return dict(_TOKENIZERS)
+    return _ordered(_TOKENIZERS)
 
 
 def reductions() -> dict[str, Reduction]:
-    """The registered reductions by their top-level key, in registration order."""
+    """The registered reductions by their top-level key: the built-in ones, then others in registration order."""
     _load()
-    return dict(_REDUCTIONS)
+    return _ordered(_REDUCTIONS)
 
 
 def tokenizer(type_or_config: Any) -> Tokenizer:

@@ -8,15 +8,15 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.cost import ats_layers_bounds, layer_macs
+from nas.cost import layer_macs, reduced_layers_bounds
 from nas.errors import NasError
-from nas.models.ats import (
+from nas.mechanisms.ats.model import (
     apply_ats, ats_block, inverse_transform_sample, kept_indices, masked_block, significance, take_rows,
     token_budget,
 )
 from nas.models.layers import Block
-from nas.shapes import ats_budget as budget
-from nas.shapes import ats_max_kept
+from nas.mechanisms.ats import ats_budget as budget
+from nas.mechanisms.ats import ATS, MECHANISM, ats_max_kept
 
 P = 64  # patch tokens of the tiny ViT: 32x32 images, 4x4 patches
 
@@ -329,7 +329,8 @@ def test_deit_s_bounds_match_published_figures():
     fixed = 768 * 384 * 196 + 384 * 1000                    # patch embedding + head
 
     def bounds(blocks, **kw):
-        lo, hi = ats_layers_bounds(197, [(384, 1536, False, i in blocks) for i in range(12)], **kw)
+        layers = [(384, 1536, False, i in blocks) for i in range(12)]
+        lo, hi = reduced_layers_bounds(197, layers, MECHANISM, ATS((), kw.get("keep"), kw.get("k")))
         return fixed + lo, fixed + hi
 
     deit = bounds([3], keep=1.0)
@@ -417,7 +418,7 @@ def test_k_above_the_tokens_left_draws_k_quantiles(monkeypatch):
     """The ATS authors' DeiT-S draws the same number of quantiles (196, one per input patch) in every ATS block,
     also after earlier blocks dropped tokens. A k above the tokens left means the same here: every block draws
     k quantiles over its real tokens and keeps each token hit, so K' = the distinct tokens of k draws."""
-    import nas.models.ats as ats_mod
+    import nas.mechanisms.ats.model as ats_mod
 
     m = tiny_vit(fused=False)
     peaky_(m, std=0.15)
@@ -465,7 +466,7 @@ def test_k_above_tokens_is_a_valid_space(tmp_path):
                     "ats: {blocks: [1, 2], k: {choice: [4, 196]}}\n")
     space = load_space(path)
     archs = [space.decode([0]), space.decode([1])]
-    plain = cost(replace(archs[1], ats=None))
+    plain = cost(replace(archs[1], reduction=None))
     assert cost(archs[1]).macs_max == plain.macs                # 196 draws over 16 tokens: all may stay
     assert cost(archs[0]).macs_max < plain.macs
     assert space.cost_bounds()["max_macs"] == plain.macs

@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import Arch, CoarseFineTokenizer, Pooling, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.coarse_fine import CoarseFineTokenizer
 from nas.cost import cost
 from nas.errors import NasError
 from nas.models import build_model
-from nas.cost import coarse_fine_cost, coarse_fine_macs
-from nas.models.coarse_fine import CoarseFineViT, coarse_fine_loss, region_fine_index, select_regions
-from nas.shapes import num_regions
+from nas.mechanisms.coarse_fine import CoarseFineTraining, coarse_fine_macs
+from nas.mechanisms.coarse_fine.model import CoarseFineViT, coarse_fine_loss, region_fine_index, select_regions
+from nas.mechanisms.coarse_fine import num_regions
 from nas.models.layers import Attention, Block
 from nas.space import load_arch, load_space
 from tests.helpers import count_macs
@@ -70,7 +72,8 @@ def test_build_model_and_cost_dispatch():
     arch = tiny_arch()
     m = build_model(arch)
     assert isinstance(m, CoarseFineViT)
-    assert cost(arch) == coarse_fine_cost(arch)
+    coarse, fine = coarse_fine_macs(arch)
+    assert (cost(arch).macs_min, cost(arch).macs_max, cost(arch).macs) == (coarse, coarse + fine, coarse + fine)
     assert cost(arch).params == sum(p.numel() for p in m.parameters())
     # two position tables, one patch embedding
     assert m.tokenizer.pos_embed.shape == (1, 1 + (2 * G) ** 2, C)
@@ -297,7 +300,8 @@ def test_training_loss_is_the_paper_objective_with_its_warm_up(warmup):
     from nas.models.objective import training_loss
 
     torch.manual_seed(0)
-    m = build_model(tiny_arch(eta=0.0), coarse_fine_warmup=None if warmup == 2 / 3 else warmup).train()
+    options = {} if warmup == 2 / 3 else {"coarse_fine": CoarseFineTraining(warmup)}  # absent: the paper's 2/3
+    m = build_model(tiny_arch(eta=0.0), options=options).train()
     assert m.warmup_fraction == warmup
     x, y = images(3), torch.tensor([2, 0, 9])
 

@@ -11,14 +11,23 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nas.arch import Arch, PatchTokenizer, ProgressiveTokenizer, Stage
+from nas.arch import Arch, Stage
+
+from nas.mechanisms.patch import PatchTokenizer
+
+from nas.mechanisms.progressive import ProgressiveTokenizer
 from nas.errors import NasError
 from nas.models.layers import Attention, Block
-from nas.cost import tokenizer_cost as progressive_cost
-from nas.models.progressive import ProgressiveSampling, bilinear_sample, initial_points
-from nas.shapes import check_progressive
+from nas.cost import cost, tokenizer_part
+from nas.mechanisms.progressive.model import ProgressiveSampling, bilinear_sample, initial_points
 
 REFERENCE = Path(__file__).resolve().parents[2] / "spaces" / "reference"
+
+
+def progressive_cost(arch: Arch) -> tuple[int, int]:
+    """(MACs, params) of the arch's tokenizer module alone."""
+    macs, params = tokenizer_part(arch)
+    return sum(macs), params
 
 
 def tiny_arch(points: int = 4, iterations: int = 2, share: bool = False, img: int = 32, dim: int = 32,
@@ -325,10 +334,7 @@ def test_bad_input_raises_nas_error():
     with pytest.raises(NasError, match="points"):
         ProgressiveSampling(tiny_arch(points=0))
     with pytest.raises(NasError, match="iterations"):
-        progressive_cost(tiny_arch(iterations=0))
-    patch = Arch(32, 3, 10, PatchTokenizer(8), (Stage(32, 2, 3.0, ("basic",)),))
-    with pytest.raises(NasError, match="progressive"):
-        check_progressive(patch)
+        cost(tiny_arch(iterations=0))
     with pytest.raises(NasError, match="heads"):
         ProgressiveSampling(tiny_arch(dim=30, heads=4))
     with pytest.raises(NasError, match="expected images"):

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch import Arch, PatchTokenizer, Pooling, Stage
+from nas.arch import Arch, Pooling, Stage
+
+from nas.mechanisms.patch import PatchTokenizer
 from nas.errors import NasError
 from nas.models import SharedPair, build_model, get_arch, list_archs, run_cells
 from nas.models.layers import Block

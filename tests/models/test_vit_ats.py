@@ -10,16 +10,18 @@ import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import nas
-from nas.arch import ATS, Arch, PatchTokenizer, Stage
+from nas.arch import Arch, Stage
+from nas.mechanisms.ats import ATS
+from nas.mechanisms.patch import PatchTokenizer
 from nas.cost import cost
-from nas.models.ats import apply_ats
+from nas.mechanisms.ats.model import apply_ats
 from tests.helpers import count_macs
 
 REFERENCE = Path(__file__).resolve().parents[2] / "spaces" / "reference"
 
 
 def tiny_arch(ats: ATS | None, cells=("basic",) * 4) -> Arch:
-    return Arch(32, 3, 10, PatchTokenizer(4), (Stage(32, 2, 4.0, tuple(cells)),), ats=ats)
+    return Arch(32, 3, 10, PatchTokenizer(4), (Stage(32, 2, 4.0, tuple(cells)),), reduction=ats)
 
 
 def as_timm(model: torch.nn.Module) -> TimmViT:
@@ -65,5 +67,5 @@ def test_deit_small_ats_reference():
     assert c.params == 22_050_664
     assert abs(c.macs_max - 4.61e9) < 0.01 * 4.61e9 and c.macs == c.macs_max  # keep 1.0: worst = DeiT-S
     assert c.macs_min < 0.35 * c.macs_max
-    lower = cost(replace(arch, ats=ATS(arch.ats.blocks, keep=0.72)))
+    lower = cost(replace(arch, reduction=ATS(arch.reduction.blocks, keep=0.72)))
     assert lower.macs_max < c.macs_max and lower.macs_min == c.macs_min

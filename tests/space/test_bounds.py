@@ -40,7 +40,7 @@ stages:
 ats: {blocks: {subset: [2, 3, 4]}, k: {choice: [2, 5, 40]}}
 """,
     # fixed ATS blocks over two stages without pooling: the token count flows from stage to stage
-    "ats_stages": HEAD + """
+    "reduction_stages": HEAD + """
 tokenizer: {type: patch, patch_size: 4}
 stages:
   - dim: 16

@@ -441,7 +441,7 @@ def test_cf_vit_path_trains_both_passes_with_the_paper_loss(tmp_path, progress):
     gradient the standalone model gets, and the loss is CE(fine) + KL(fine || coarse)."""
     from timm.loss import LabelSmoothingCrossEntropy
 
-    from nas.shapes import WARMUP_FRACTION
+    from nas.mechanisms.coarse_fine import WARMUP_FRACTION
     from nas.models.objective import training_loss
     from nas.supernet.slicing import slice_tensor
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from nas.mechanisms.coarse_fine import CoarseFineTraining
 import yaml
 
 from nas.cli import main
@@ -21,7 +23,7 @@ def test_default_recipe_is_psvit_section_4_1():
     assert (r.schedule.name, r.schedule.min_lr, r.schedule.warmup_epochs) == ("cosine", 0.0, 0)
     assert (r.batch_size, r.optimizer.weight_decay, r.epochs, r.label_smoothing) == (1024, 1e-4, 100, 0.1)
     assert r.sampler.type == "uniform" and not r.mixup.active
-    assert r.drop_path == 0 and r.coarse_fine.warmup_fraction == 2 / 3  # none stated; CF-ViT's paper: 2/3
+    assert r.drop_path == 0 and r.mechanisms["coarse_fine"].warmup_fraction == 2 / 3  # none stated; CF-ViT's paper: 2/3
     assert r.optimizer.timm_kwargs() == {"opt": "sgd", "lr": 0.2, "weight_decay": 1e-4, "momentum": 0.9}
 
 
@@ -54,7 +56,7 @@ space_overrides: {input.size: 16}
     a = load_recipe(tmp_path / "a.yaml")
     assert a.optimizer.betas == (0.8, 0.99) and a.data.limit == {"train": 100, "val": 10}
     assert a.optimizer.timm_kwargs()["opt"] == "adamw" and a.mixup.active
-    assert a.model_kwargs() == {"drop_path": 0.1, "coarse_fine_warmup": 0.5}
+    assert a.model_kwargs() == {"drop_path": 0.1, "options": {"coarse_fine": CoarseFineTraining(0.5)}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(a.to_dict()))
     b = load_recipe(tmp_path / "b.yaml")
     assert a == b and a.hash() == b.hash()

@@ -309,7 +309,7 @@ def test_cf_vit_steps_train_both_passes_with_the_paper_loss_and_warm_up(tmp_path
     (tmp_path / "cf.yaml").write_text(CF_SPACE)
     rc = Recipe(epochs=3, batch_size=4, label_smoothing=0.1, device="cpu",
                 optimizer=OptimizerCfg("adamw", lr=1e-3, weight_decay=0.05))
-    assert rc.coarse_fine.warmup_fraction == 2 / 3  # the paper's schedule by default
+    assert rc.mechanisms["coarse_fine"].warmup_fraction == 2 / 3  # the paper's schedule by default
     space, splits, _ = resolve(str(tmp_path / "cf.yaml"), DATA, rc)
     trainer = SposTrainer(space, splits, rc, tmp_path / "run", progress=False)
     supernet = trainer.model

@@ -50,6 +50,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.models.layers import Block
+from nas.shapes import check_arch
 from nas.mechanisms.progressive import STEM_STRIDE, STEM_WIDTH, progressive_modules, stem_widths
 
 
@@ -144,6 +145,7 @@ class ProgressiveSampling(nn.Module):
 
     def __init__(self, arch: Arch, drop_path: list[float] | None = None) -> None:
         super().__init__()
+        check_arch(arch)
         tok = arch.tokenizer
         st = arch.stages[0]
         self.points, self.iterations, self.share_weights = tok.points, tok.iterations, tok.share_weights
