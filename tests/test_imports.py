@@ -95,7 +95,7 @@ def test_cli_reads_spaces_and_arch_files_without_torch():
 def test_cost_imports_no_model():
     graph = import_graph()
     for mod in ("nas.cost", "nas.shapes", "nas.arch", "nas.mechanisms"):
-        assert not {m for m in graph[mod] if m.startswith("nas.models") or m.endswith(".model")}, mod
+        assert not {m for m in graph[mod] if m.startswith("nas.models") or m.endswith((".model", ".picture"))}, mod
 
 
 # --- layers: a module imports only modules of its own layer or below ------------------------------------------
@@ -112,14 +112,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("nas.cli", "nas"),
 ]
 """Bottom to top. A module is in the layer of the longest name above that is it or a package holding it; a
-mechanism's torch half (``nas.mechanisms.<name>.model``) is in the layer of ``nas.models``."""
+mechanism's torch half (``nas.mechanisms.<name>.model``) is in the layer of ``nas.models``, its picture
+(``nas.mechanisms.<name>.picture``) in that of ``nas.viz``."""
 
 
 def layer(mod: str) -> int:
     """The index in ``LAYERS`` of ``mod`` (longest matching prefix wins: ``nas.train.recipe`` before ``nas.train``)."""
     parts = mod.split(".")
-    if parts[:2] == ["nas", "mechanisms"] and len(parts) == 4 and parts[3] == "model":
-        mod = "nas.models"
+    if parts[:2] == ["nas", "mechanisms"] and len(parts) == 4 and parts[3] in ("model", "picture"):
+        mod = {"model": "nas.models", "picture": "nas.viz"}[parts[3]]
     best, depth = None, -1
     for i, names in enumerate(LAYERS):
         for name in names:

@@ -24,7 +24,10 @@ from nas.search.history import Candidate, History, read_history
 from nas.search.plots import best_so_far, pareto_front, ranking_column, search_plot
 from nas.mechanisms.progressive import feature_size
 from nas.space import save_arch
-from nas.viz import coarse_fine_regions, kept_tokens, sampling_points, token_footprints
+from nas.mechanisms.ats.picture import kept_tokens
+from nas.mechanisms.coarse_fine.picture import coarse_fine_regions
+from nas.mechanisms.progressive.picture import sampling_points
+from nas.viz import token_footprints
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -16,8 +16,8 @@ A mechanism's package has two halves. Its ``__init__`` is torch-free: the arch d
 (the DSL reads them from it), the DSL section, the shape rules, the MACs and params formulas (``nas.cost``
 owns the shared ones; a mechanism's own formulas live in its torch-free half), its contribution to the exact
 space bounds, whether it is data-dependent. Its ``model`` module (named by the string ``model``, imported
-by ``nas.models`` when a model is built, so the torch-free layers never import torch) holds the layers, the
-model hook and the picture for ``nas viz``. ``docs/adding-a-mechanism.md`` walks through adding one.
+by ``nas.models`` when a model is built, so the torch-free layers never import torch) holds the layers and the
+model hook; its ``picture`` module, imported by ``nas.viz`` only, draws what it did for ``nas viz``. ``docs/adding-a-mechanism.md`` walks through adding one.
 """
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ class Mechanism:
     data_dependent: bool = False
     """True when the MACs executed depend on the image (the search then scores per image MACs)."""
     picture: str | None = None
-    """What ``nas viz`` draws for it (a word for the file names), or None for nothing to draw."""
+    """Module path of its picture for ``nas viz`` (``NAME``, the word in the file names, and ``draw(view) ->
+    list[Path]``, ``view`` a ``nas.viz.View``), or None: nothing to draw."""
     training: type | None = None
     """The frozen dataclass of its section in a training recipe (under its ``name``), or None: options of its
     objective that the trainer hands to every model it builds (``build_model(arch, options=...)``)."""

@@ -58,7 +58,7 @@ def ats_max_kept(n_patches: int, keep: float | None = None, k: int | None = None
 
 
 class AdaptiveTokenSampling(Reduction):
-    name, config, model, picture = "ats", ATS, "nas.mechanisms.ats.model", "ats"
+    name, config, model, picture = "ats", ATS, "nas.mechanisms.ats.model", "nas.mechanisms.ats.picture"
 
     def read(self, r: Reader, choosable: Callable) -> dict[str, Any]:
         r.allow("blocks", "keep", "k")

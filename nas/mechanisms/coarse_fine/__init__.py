@@ -89,7 +89,7 @@ class CoarseFineTraining:
 class CoarseFine(Tokenizer):
     name, config, model = "coarse_fine", CoarseFineTokenizer, "nas.mechanisms.coarse_fine.model"
     training = CoarseFineTraining
-    data_dependent, builds_model, picture = True, True, "coarse_fine"
+    data_dependent, builds_model, picture = True, True, "nas.mechanisms.coarse_fine.picture"
 
     def read(self, r: Reader, choosable: Callable) -> dict[str, Any]:
         r.allow("type", "patch_size", "coarse_grid", "alpha", "exit_threshold")

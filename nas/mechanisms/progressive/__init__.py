@@ -83,7 +83,8 @@ _SHARED = (("tokenizer.layers.0.", "tokenizer.shared_layer."), ("tokenizer.offse
 
 
 class Progressive(Tokenizer):
-    name, config, model, picture = "progressive", ProgressiveTokenizer, "nas.mechanisms.progressive.model", "sampling"
+    name, config = "progressive", ProgressiveTokenizer
+    model, picture = "nas.mechanisms.progressive.model", "nas.mechanisms.progressive.picture"
 
     def read(self, r: Reader, choosable: Callable) -> dict[str, Any]:
         r.allow("type", "points", "iterations", "share_weights")
