@@ -1,22 +1,15 @@
-"""Shapes and validity rules of an Arch: token counts, grids, widths, ATS budgets. Integers only, no torch.
+"""Shapes and validity rules of an Arch's body: token counts, grids, widths, token pooling. Integers only, no torch.
 
 Every rule that more than one module needs is written here once: the models build their layers from it,
 ``nas.cost`` counts with it, and the space schema checks every reachable choice with it. Nothing here
-imports a model (the import order is arch -> shapes -> cost -> models).
+imports a model (the import order is arch -> shapes -> cost -> models). A mechanism's own rules live in its
+package (``nas.mechanisms``); ``check_arch`` runs them.
 
 Decisions where the papers are silent (each is repeated where it is implemented):
 - 1d token pooling pads ``kernel // 2`` on both sides, so an even kernel gives one extra position before
   max pooling (``pooled_len_1d``); 2d pooling pads ``(kernel - 1) // 2`` (``pooled_side_2d``).
-- ATS budget (``ats_budget``): with ``keep`` (ratio rho) the paper's K = max(round(rho N), 8), capped at N;
-  with ``k`` the number of quantiles drawn is ``k`` whatever N is, as in the ATS authors' code: their DeiT-S
-  (NUM_TOKENS = 197, cls included) draws 196 quantiles in every ATS block, also after earlier blocks dropped
-  tokens, i.e. ``k: 196``. Duplicates merge, so the tokens kept are K' <= min(K, N) (``ats_max_kept``).
-- CF-ViT's k = ceil(alpha c^2 - 1e-9) informative regions: the tolerance keeps float noise
-  (0.7 * 100 = 70.00000000000001) from adding a region.
 """
 from __future__ import annotations
-
-import math
 
 from nas.arch import CELL_KINDS, Arch, Stage
 from nas.errors import NasError

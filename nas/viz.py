@@ -13,7 +13,7 @@ the model, the images and the drawing helpers they share. The shipped pictures:
 
 The pictures of a search run directory (``nas viz RUN_DIR``) are the search's: ``nas.search.plots``.
 
-The data functions (``sampling_points``, ``kept_tokens``, ``coarse_fine_regions`` in the pictures' modules) only
+The data functions of the pictures' modules (``sampling_points``, ``kept_tokens``, the CF-ViT regions) only
 read what the model recorded in its last forward (``last_trajectory``, ``last_kept``, ``last_exits`` /
 ``last_regions``), so a picture shows the model's own decisions, never a recomputation of them.
 
@@ -64,7 +64,7 @@ def pictured(arch: Arch) -> list[Mechanism]:
 
 
 def mechanisms(arch: Arch) -> list[str]:
-    """The names of the pictures of ``arch`` ('sampling', 'ats', 'coarse_fine' for the shipped mechanisms)."""
+    """The names of the pictures of ``arch`` (the words in their file names: ``NAME`` of each picture module)."""
     return [importlib.import_module(m.picture).NAME for m in pictured(arch)]
 
 

@@ -160,7 +160,7 @@ def test_pooling_token_arithmetic():
 
 
 def test_progressive_tokenizer_dispatch():
-    pytest.importorskip("nas.models.progressive")
+    pytest.importorskip("nas.mechanisms.progressive.model")
     stages = (Stage(32, 2, 2.0, ("basic",)), Stage(48, 2, 2.0, ("shared_pair",)))
     arch = Arch(32, 3, 10, ProgressiveTokenizer(points=4, iterations=2), stages, Pooling("1d", 3),
                 qkv_bias=False, norm_eps=1e-5)

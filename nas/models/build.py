@@ -16,7 +16,7 @@ def build_model(arch: Arch | str, drop_path: float = 0.0, options: Mapping[str, 
 
     Training options (neither changes the weights nor an eval-mode forward): ``drop_path``, the stochastic depth
     of the last layer (linear over depth); ``options``, the mechanisms' recipe sections by mechanism name
-    (``{"coarse_fine": CoarseFineTraining(warmup_fraction=0.5)}``; absent: the mechanism's defaults).
+    (``Recipe.mechanisms``: an instance of each mechanism's ``training`` dataclass; absent: its defaults).
     """
     if isinstance(arch, str):
         arch = get_arch(arch)

@@ -2,7 +2,7 @@
 
 Most models train on ``criterion(model(x), y)``. A model whose training differs from its inference owns its
 objective as a method ``training_loss(x, y, criterion, progress) -> (loss, logits)``: CF-ViT runs both passes
-on every image and adds a KL term (``nas.mechanisms.coarse_fine.model``), where its inference path would exit early.
+on every image and adds a KL term (in its mechanism package), where its inference path would exit early.
 A supernet path is the arch's own model carrying the supernet's slices (``Supernet.bound(arch)``), so the same
 hook serves it.
 

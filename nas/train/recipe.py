@@ -22,8 +22,8 @@ Keys (all optional; defaults in brackets)::
     schedule:   {name: cosine | none [cosine], min_lr [0], warmup_epochs [0], warmup_lr [1e-6]}
     label_smoothing: [0, 1)         # [0.1]
     drop_path: [0, 1)               # [0] stochastic depth of the last layer, linear from 0 over the layers
-    coarse_fine: {warmup_fraction [2/3]: in [0, 1]}   # CF-ViT: share of training with all fine tokens
-                                    # (a mechanism's section: ``nas.mechanisms``, its ``training``)
+    <mechanism>: {...}              # a mechanism's training options, under its name (``training`` in
+                                    # ``nas.mechanisms``): CF-ViT's warm-up share (docs/decisions.md)
     mixup:      {mixup_alpha [0], cutmix_alpha [0], prob [1], switch_prob [0.5]}   # off when both alphas are 0
     augment:    {auto_augment: str or null [null], color_jitter >= 0 [0.4], re_prob in [0, 1] [0],
                  interpolation: bilinear | bicubic [bilinear]}   # ImageFolder training images (timm create_transform)
@@ -44,9 +44,8 @@ Decisions where the papers are silent:
 - ``schedule: {name: none}`` keeps the lr constant (warmup keys are then not allowed).
 - ``drop_path`` is timm's ``drop_path_rate``: the last layer's rate, the others linear from 0 in the order the
   layers run (PS-ViT's sampling rounds first). The PSViT supernet recipe states none: 0.
-- ``coarse_fine.warmup_fraction`` applies to CF-ViT archs only: the share of optimiser steps, from the start,
-  whose fine pass runs on all fine tokens (CF-ViT's warm-up, 2/3 in the paper); region selection after that.
-  1 keeps the warm-up to the end, 0 skips it. See docs/decisions.md.
+- A mechanism's section applies to the archs that use the mechanism only; its keys and defaults are the
+  mechanism's (its ``training`` dataclass and ``read_training``). See docs/decisions.md for CF-ViT's warm-up.
 - ``augment`` is the training transform of ImageFolder data, built with timm's ``create_transform``
   (random resized crop, flip, colour jitter, ``auto_augment`` such as RandAugment ``rand-m9-mstd0.5-inc1``,
   random erasing ``re_prob``); its defaults are ``nas.data``'s own training transform. In-memory data (builtin,

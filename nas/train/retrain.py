@@ -2,7 +2,7 @@
 
 ``retrain(arch_file, data, recipe, out, init)`` trains the model of an exported arch (``nas.models.build_model``)
 with the generic ``Trainer`` (``nas.train.loop``): the path of every step is the arch itself, scored with the
-model's own objective (CF-ViT: both passes and the KL term, its warm-up following ``coarse_fine.warmup_fraction``).
+model's own objective (CF-ViT: both passes and the KL term, its warm-up following the recipe's section for it).
 Checkpoints, exact resume after SIGKILL, signals and logs are the loop's; the run directory is ``nas.train.rundir``'s
 (format ``nas-retrain-run/1``: a changed arch, recipe, data or ``--init`` is refused). At the end the model is
 scored on the ``val`` split (top-1, cross-entropy) and, for data-dependent archs (ATS, CF-ViT), the mean MACs per
