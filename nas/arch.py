@@ -89,7 +89,8 @@ class Arch:
     @property
     def data_dependent(self) -> bool:
         """True when the MACs executed depend on the image (a token reduction, an early exit)."""
-        return tokenizer(self.tokenizer).data_dependent or self.reduction is not None
+        return tokenizer(self.tokenizer).data_dependent or (
+            self.reduction is not None and reduction_of(self.reduction).data_dependent)
 
     def cells(self) -> list[tuple[int, int, str]]:
         """(stage index, cell index within the stage, kind) for every cell, in global order."""

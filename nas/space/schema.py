@@ -317,6 +317,7 @@ class Parser:
         t["norm_eps"] = r.take("norm_eps", number(0.0, lo_open=True), 1e-6)
         used = [key for key in reductions() if r.has(key) and r.left[key].value is not None]
         if len(used) > 1:
+            used.sort(key=lambda key: r.left[key].line)  # the error points at the later one in the file
             raise r.left[used[1]].error(f"an arch uses at most one token reduction; got {' and '.join(used)}")
         for key, mech in reductions().items():  # every key present (None when unused): the space hash covers it
             t[key] = r.take(key, lambda n, m=mech: self.reduction(n, m), None)

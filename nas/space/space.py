@@ -87,7 +87,7 @@ class SearchSpace:
         """Whether some arch of the space executes image-dependent MACs: a data-dependent tokenizer (CF-ViT's
         early exit) or a token reduction (ATS)."""
         return (tokenizer(self._t["tokenizer"]["type"]).data_dependent
-                or any(self._t.get(key) is not None for key in reductions()))
+                or any(self._t.get(key) is not None and m.data_dependent for key, m in reductions().items()))
 
     def template(self) -> dict[str, Any]:
         """The space as plain data (choices as ``{choice: [...]}``, subsets as ``{subset: [...]}``)."""
