@@ -13,7 +13,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.arch import Arch, Stage
 
-from nas.mechanisms.patch import PatchTokenizer
 
 from nas.mechanisms.progressive import ProgressiveTokenizer
 from nas.errors import NasError

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from nas.cost import layer_macs, layer_params
 from nas.errors import NasError
-from nas.mechanisms import Fail, Tokenizer, default, register
+from nas.mechanisms import Tokenizer, default, register
 from nas.shapes import check_stage_width, conv_out
 from nas.space.schema import Reader, boolean, integer
 
