@@ -17,12 +17,11 @@ from nas.mechanisms.coarse_fine import CoarseFineTokenizer
 
 from nas.mechanisms.patch import PatchTokenizer
 
-from nas.mechanisms.progressive import ProgressiveTokenizer
+from nas.mechanisms.progressive import feature_size, ProgressiveTokenizer
 from nas.cli import main
 from nas.models import build_model
 from nas.search.history import Candidate, History, read_history
 from nas.search.plots import best_so_far, pareto_front, ranking_column, search_plot
-from nas.mechanisms.progressive import feature_size
 from nas.space import save_arch
 from nas.mechanisms.ats.picture import kept_tokens
 from nas.mechanisms.coarse_fine.picture import coarse_fine_regions

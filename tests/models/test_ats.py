@@ -15,8 +15,7 @@ from nas.mechanisms.ats.model import (
     token_budget,
 )
 from nas.models.layers import Block
-from nas.mechanisms.ats import ats_budget as budget
-from nas.mechanisms.ats import ATS, MECHANISM, ats_max_kept
+from nas.mechanisms.ats import ATS, ats_budget as budget, ats_max_kept, MECHANISM
 
 P = 64  # patch tokens of the tiny ViT: 32x32 images, 4x4 patches
 

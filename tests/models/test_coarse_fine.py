@@ -13,13 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas.arch import Arch, Pooling, Stage
 
-from nas.mechanisms.coarse_fine import CoarseFineTokenizer
+from nas.mechanisms.coarse_fine import coarse_fine_macs, CoarseFineTokenizer, CoarseFineTraining, num_regions
 from nas.cost import cost
 from nas.errors import NasError
 from nas.models import build_model
-from nas.mechanisms.coarse_fine import CoarseFineTraining, coarse_fine_macs
 from nas.mechanisms.coarse_fine.model import CoarseFineViT, coarse_fine_loss, region_fine_index, select_regions
-from nas.mechanisms.coarse_fine import num_regions
 from nas.models.layers import Attention, Block
 from nas.space import load_arch, load_space
 from tests.helpers import count_macs
