@@ -102,6 +102,9 @@ class Tokenizer(Mechanism):
     """Its tokens form a square grid that 2d token pooling can pool (side x side, no other tokens)."""
     builds_model: bool = False
     """It runs the body its own way and builds the whole model (CF-ViT's two passes)."""
+    reducible: bool = True
+    """A token reduction can act in the body it runs. In a space whose tokenizer is a choice, a reduction is
+    inactive (the arch has none) with an option that is not reducible."""
 
     def read(self, r: Any, choosable: Callable) -> dict[str, Any]:
         raise NotImplementedError
@@ -129,6 +132,12 @@ class Tokenizer(Mechanism):
     def layers(self, tok: Any) -> int:
         """Transformer layers it runs before stage 0 (they come first in the stochastic-depth schedule)."""
         return 0
+
+    def weights(self, tok: Any) -> str:
+        """The name of the set of tokenizer weights ``tok`` uses. In a supernet whose space reaches configs with
+        different names (a choice of tokenizers, of patch sizes), each name keeps its own tokenizer tensors
+        (``tokenizer.<name>.*``) while the body is shared."""
+        return self.name
 
     def supernet_name(self, tok: Any, name: str) -> str:
         """The supernet key of the standalone model's tensor ``name`` (the identity unless a setting of the

@@ -89,10 +89,14 @@ def _numeric(values: tuple) -> bool:
 
 
 def suggest_vector(trial: Any, obj: Objective) -> list[int]:
-    """One index per dimension: ordinal dimensions as ints, the others categorical over their values."""
-    out = []
-    for d in obj.space.dims:
-        if len(d.values) == 1:
+    """One index per dimension: ordinal dimensions as ints, the others categorical over their values. A dimension
+    inside a tokenizer option is suggested only when that option is chosen (Optuna's conditional parameters;
+    the tokenizer's dimension comes first in the file), else 0 (``SearchSpace.active``)."""
+    out: list[int] = []
+    conditions = obj.space.conditions
+    for i, d in enumerate(obj.space.dims):
+        cond = conditions[i]
+        if len(d.values) == 1 or (cond is not None and out[cond[0]] not in cond[1]):
             out.append(0)
         elif _numeric(d.values):
             out.append(trial.suggest_int(d.path, 0, len(d.values) - 1))

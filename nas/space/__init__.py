@@ -77,15 +77,7 @@ def sample_distinct(space: SearchSpace, n: int, seed: int | None = None) -> list
             if i not in seen:
                 seen.add(i)
                 indices.append(i)
-    radix = [len(d.values) for d in space.dims]
-    out = []
-    for index in indices:
-        vector = []
-        for r in reversed(radix):
-            index, digit = divmod(index, r)
-            vector.append(digit)
-        out.append(space.decode(vector[::-1]))
-    return out
+    return [space.decode(space.vector_at(index)) for index in indices]
 
 
 def arch_yaml(arch: Arch) -> str:

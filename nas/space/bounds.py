@@ -134,6 +134,7 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int], int]
             for (n, side, sid), (_, macs, params, trace) in entered.items():
                 st = by_id[sid]
                 for kind, reduces, ds in options:
+                    reduces = reduces and red is not None  # inactive with a tokenizer that is not reducible
                     n_out = 1 + g["reducer"].max_kept(red, n - 1) if reduces else n
                     m, p = cell(kind, n, n_out if reduces else None, st)
                     _keep(after, (n_out, side, sid), (score(macs + m, params + p), macs + m, params + p, (ds, trace)))
@@ -158,18 +159,18 @@ def extremes(t: dict[str, Any], index: dict[int, int], n_dims: int) -> dict[str,
     ``t`` is a validated template, ``index`` maps ``id(leaf)`` of each Choice / Subset to its first dimension.
     """
     chain = _Chain(t, index)
-    tok = {k: v for k, v in t["tokenizer"].items() if k != "type"}
-    mech = tokenizer(t["tokenizer"]["type"])
     used = [key for key in reductions() if t.get(key) is not None]
-    reducer = reductions()[used[0]] if used else None
     budget = {k: v for k, v in t[used[0]].items() if k != "blocks"} if used else {}
     globals_: list[dict[str, Any]] = []
-    for tv, td in _product(tok, index):
-        for kernel, kd in _options(t["pooling"]["kernel"], index):
-            for bv, bd in _product(budget, index):  # the reduction's budget, the same in every block
-                globals_.append({"tokenizer": mech.from_dict(tv), "kernel": kernel, "reducer": reducer,
-                                 "reduction": reducer.from_dict({"blocks": [], **bv}) if reducer else None,
-                                 "decisions": td + kd + bd})
+    for section, sd in _options(t["tokenizer"], index):  # a choice of tokenizers: each option in turn
+        mech = tokenizer(section["type"])
+        reducer = reductions()[used[0]] if used and mech.reducible else None
+        for tv, td in _product({k: v for k, v in section.items() if k != "type"}, index):
+            for kernel, kd in _options(t["pooling"]["kernel"], index):
+                for bv, bd in _product(budget if reducer else {}, index):  # the reduction's budget, every block
+                    globals_.append({"tokenizer": mech.from_dict(tv), "kernel": kernel, "reducer": reducer,
+                                     "reduction": reducer.from_dict({"blocks": [], **bv}) if reducer else None,
+                                     "decisions": sd + td + kd + bd})
     scores = {"min_macs": lambda m, p: m, "max_macs": lambda m, p: -m,
               "min_params": lambda m, p: p, "max_params": lambda m, p: -p}
     bests: dict[str, Best] = {}

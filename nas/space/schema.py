@@ -339,9 +339,29 @@ class Parser:
         r.done()
         return out
 
-    def tokenizer(self, n: Node) -> dict[str, Any]:
-        """The ``type`` picks a registered tokenizer (``nas.mechanisms``), which reads the rest of the section."""
+    def tokenizer(self, n: Node) -> dict[str, Any] | Choice:
+        """The ``type`` picks a registered tokenizer (``nas.mechanisms``), which reads the rest of the section.
+
+        In a space the tokenizer itself may be a choice, ``{choice: [{type: patch, ...}, {type: progressive,
+        ...}]}``: one option per type, each with choices of its own (active only when the option is chosen).
+        """
+        if n.is_map and "choice" in n.value and self.allow_choices:
+            r = Reader(n, "a choice of tokenizers").allow("choice")
+            items = r.take("choice", lambda m: self._list(m, "choice"))
+            r.done()
+            options_ = tuple(self.tokenizer_section(m) for m in items)
+            types = [o["type"] for o in options_]
+            for i, kind in enumerate(types):
+                if kind in types[:i]:
+                    raise items[i].error(f"the tokenizer choice has two options of type {kind}; give each type once "
+                                         f"and put the values that differ inside it as choices ({{choice: [...]}})")
+            return options_[0] if len(options_) == 1 else Choice(options_, n.path, n.line)
+        return self.tokenizer_section(n)
+
+    def tokenizer_section(self, n: Node) -> dict[str, Any]:
         r = Reader(n, "tokenizer")
+        if n.is_map and "choice" in n.value and not self.allow_choices:
+            raise n.error("choices are not allowed in an arch file: every value must be fixed")
         out = tokenizer(r.take("type", one_of(*tokenizers()))).read(r, self.choosable)
         r.done()
         return out
@@ -450,12 +470,41 @@ def tokenizer_values(tok: dict[str, Any]) -> list[Any]:
     return [mech.from_dict(dict(zip(keys, combo))) for combo in itertools.product(*(options(tok[k]) for k in keys))]
 
 
+def tokenizer_options(t: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tokenizer sections a template can pick: one, or each option of a choice of tokenizers."""
+    return list(options(t["tokenizer"]))
+
+
+def with_tokenizer(t: dict[str, Any], option: dict[str, Any]) -> dict[str, Any]:
+    """Template ``t`` with one tokenizer section; a reduction is dropped when that tokenizer is not reducible
+    (in a choice of tokenizers the reduction is inactive with that option)."""
+    out = {**t, "tokenizer": option}
+    if not tokenizer(option["type"]).reducible:
+        out.update({key: None for key in reductions()})
+    return out
+
+
 def check(t: dict[str, Any], root: Node) -> None:
-    """Cross-field rules. Each error names the key at fault and what would be allowed."""
+    """Cross-field rules. Each error names the key at fault and what would be allowed. With a choice of tokenizers
+    the rules that involve the tokenizer hold for every option (errors point into the option)."""
+    if isinstance(t["tokenizer"], Choice):
+        for key in reductions():
+            if t.get(key) is not None and not any(tokenizer(o["type"]).reducible for o in t["tokenizer"].values):
+                raise _at(root, key).error(f"{key} needs a tokenizer it can act in; no option of the tokenizer "
+                                           "choice is reducible", key=key)
+        for j, option in enumerate(t["tokenizer"].values):
+            _check_one(with_tokenizer(t, option), root, f"tokenizer.choice[{j}]")
+    else:
+        _check_one(t, root, "tokenizer")
+
+
+def _check_one(t: dict[str, Any], root: Node, tok_path: str) -> None:
     size, tok, pool, stages = t["input"]["size"], t["tokenizer"], t["pooling"], t["stages"]
     mech = tokenizer(tok["type"])
 
     def fail(path: str, message: str) -> None:
+        if path.startswith("tokenizer.") and tok_path != "tokenizer":
+            path = tok_path + path[len("tokenizer"):]
         raise _at(root, path).error(message, key=path)
 
     for s, st in enumerate(stages):

@@ -24,6 +24,9 @@ Which tensors a subnet uses (the SPOS path choices) follows from the names:
   separate layer and offset head, stored as ``tokenizer.shared_layer`` / ``tokenizer.shared_offset``
   (``supernet_name``), again one choice block with its own weights. The stem is sliced by width.
 - ATS and coarse-to-fine settings are parameter-free path choices (they add no supernet tensors).
+- a space whose archs use different tokenizer weights (``Tokenizer.weights``: a choice of tokenizers, of
+  patch sizes) keeps one set of tokenizer tensors per name, ``tokenizer.<name>.*`` (``Supernet.key``), one
+  choice block each, and shares the body (stages, norm, head) between them.
 
 The set of tensors and their largest shapes come from meta skeletons of a covering set of archs
 (``covering_vectors``); initial values come from real ``build_model`` builds of the few covering archs that
@@ -80,7 +83,13 @@ def covering_vectors(space: SearchSpace) -> list[list[int]]:
     k_max = max((len(d.values) for d in dims), default=1)
     bases = [[max(range(len(d.values)), key=d.values.__getitem__) if num else min(k, len(d.values) - 1)
               for d, num in zip(dims, numeric)] for k in range(k_max)]
-    variants = [bases[0][:i] + [j] + bases[0][i + 1:] for i, d in enumerate(dims) for j in range(len(d.values))]
+    variants = []
+    for i, d in enumerate(dims):
+        base = list(bases[0])
+        cond = space.conditions[i]  # a dimension inside a tokenizer option: vary it with that option chosen
+        if cond is not None:
+            base[cond[0]] = min(cond[1])
+        variants += [base[:i] + [j] + base[i + 1:] for j in range(len(d.values))]
     out: list[list[int]] = []
     for v in bases + variants:
         if v not in out:
@@ -136,15 +145,16 @@ class Supernet(nn.Module):
         self.model_kwargs = dict(model_kwargs)  # build_model's training options, for every path
         self._paths: OrderedDict[Arch, _Path] = OrderedDict()
         archs = [space.decode(v) for v in covering_vectors(space)]
+        self._split_tokenizers = len({tokenizer(a.tokenizer).weights(a.tokenizer) for a in archs}) > 1
         specs: dict[str, _Spec] = {}
         held: list[dict[str, tuple[str, tuple[int, ...]]]] = []  # per arch: key -> (name, shape)
         no_decay: set[str] = set()
         for arch in archs:
             names = {}
             skeleton = build_skeleton(arch, **self.model_kwargs)
-            no_decay |= {supernet_name(arch, n) for n in getattr(skeleton, "no_weight_decay", set)()}
+            no_decay |= {self.key(arch, n) for n in getattr(skeleton, "no_weight_decay", set)()}
             for name, _, _, is_param, rule, t in _tensors(skeleton):
-                key, shape = supernet_name(arch, name), tuple(t.shape)
+                key, shape = self.key(arch, name), tuple(t.shape)
                 names[key] = (name, shape)
                 spec = specs.setdefault(key, _Spec(shape, rule, is_param, t.dtype))
                 if (spec.rule, spec.is_param, spec.dtype, len(spec.shape)) != (rule, is_param, t.dtype, len(shape)):
@@ -161,6 +171,14 @@ class Supernet(nn.Module):
             else:
                 holder.register_buffer(leaf, values[key])
         self._no_weight_decay = frozenset(k for k in no_decay if k in specs and specs[k].is_param)
+
+    def key(self, arch: Arch, name: str) -> str:
+        """The supernet key of the standalone model's tensor ``name`` in ``arch``: ``supernet_name``, and the
+        tokenizer's tensors under ``tokenizer.<weights name>.`` when the space mixes tokenizer weights."""
+        key = supernet_name(arch, name)
+        if self._split_tokenizers and key.startswith("tokenizer."):
+            key = f"tokenizer.{tokenizer(arch.tokenizer).weights(arch.tokenizer)}.{key[len('tokenizer.'):]}"
+        return key
 
     def no_weight_decay(self) -> set[str]:
         """Names of the supernet parameters that no path decays (timm's ``create_optimizer_v2`` reads it)."""
@@ -231,7 +249,7 @@ class Supernet(nn.Module):
         skeleton = build_skeleton(arch, **self.model_kwargs)
         entries = []
         for name, owner, _, is_param, rule, t in _tensors(skeleton):
-            key = supernet_name(arch, name)
+            key = self.key(arch, name)
             found = self._full(key)
             full = None if found is None else (found[0]._parameters if found[2] else found[0]._buffers)[found[1]]
             if found is None or found[2] != is_param or not fits(tuple(full.shape), tuple(t.shape), rule):

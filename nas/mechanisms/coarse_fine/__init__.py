@@ -90,6 +90,7 @@ class CoarseFine(Tokenizer):
     name, config, model = "coarse_fine", CoarseFineTokenizer, "nas.mechanisms.coarse_fine.model"
     training = CoarseFineTraining
     data_dependent, builds_model, picture = True, True, "nas.mechanisms.coarse_fine.picture"
+    reducible = False  # its model runs the body twice without a token reduction
 
     def read(self, r: Reader, choosable: Callable) -> dict[str, Any]:
         r.allow("type", "patch_size", "coarse_grid", "alpha", "exit_threshold")

@@ -28,7 +28,7 @@ class Patch(Tokenizer):
 
     def read(self, r: Reader, choosable: Callable) -> dict[str, Any]:
         r.allow("type", "patch_size")
-        return {"type": self.name, "patch_size": r.take("patch_size", integer(1),
+        return {"type": self.name, "patch_size": r.take("patch_size", choosable(integer(1)),
                                                         default(PatchTokenizer, "patch_size"))}
 
     def check_space(self, t: dict[str, Any], fail: Fail) -> None:
@@ -42,6 +42,9 @@ class Patch(Tokenizer):
         if p < 1 or arch.img_size % p:
             raise NasError(f"input size {arch.img_size} is not a multiple of patch_size {p}",
                            key="tokenizer.patch_size")
+
+    def weights(self, tok: PatchTokenizer) -> str:
+        return f"patch{tok.patch_size}"  # a patch size is its own embedding and position table, not a slice
 
     def side(self, img_size: int, tok: PatchTokenizer) -> int:
         return img_size // tok.patch_size
