@@ -210,7 +210,11 @@ def _recipe(args: argparse.Namespace, job: str) -> str | None:
         return args.recipe
     from nas.data import check_spec
     check_spec(args.data)  # missing data: one error line, before the note below
-    path = default_recipe(job, args.data)
+    space = None
+    if job == "supernet":  # a space may ship its own CPU recipe (``default_recipe``)
+        from nas.space import load_space
+        space = load_space(args.space).name
+    path = default_recipe(job, args.data, space)
     if path is not None:
         print(f"nas: recipe {path} (the default for {job} on --data {args.data}; --recipe to change)", file=sys.stderr)
     return None if path is None else str(path)

@@ -188,7 +188,7 @@ def _training(job: SearchJob, recipe: str | Path | None, trains: bool) -> tuple[
     no recipe given, the PSViT defaults) and the space it trains, with no data loaded yet."""
     from nas.train.recipe import default_recipe, load_recipe
 
-    default = default_recipe("supernet", job.data) if trains else None
+    default = default_recipe("supernet", job.data, job.target.name) if trains else None
     rc = job.training = load_recipe(recipe if recipe is not None else default)
     try:
         trained = load_space(job.space_file, overrides=rc.space_overrides) if rc.space_overrides else job.target

@@ -479,16 +479,21 @@ RECIPES = Path(str(files("nas") / "recipes")).resolve()
 BUILTIN_DATA = ("builtin", "mnist")
 
 
-def default_recipe(job: str, data: str) -> Path | None:
+def default_recipe(job: str, data: str, space: str | None = None) -> Path | None:
     """The recipe a ``job`` (``supernet`` or ``retrain``) uses on ``data`` when none is given: the CPU recipes on
     the built-in data and on 28x28 IDX data (``fashion-mnist``, ``idx:DIR``), else the paper's (None:
-    ``Recipe()``, the PSViT supernet recipe; ``retrain_deit``). The files are the shipped ones (``nas.shipped``)."""
+    ``Recipe()``, the PSViT supernet recipe; ``retrain_deit``). The files are the shipped ones (``nas.shipped``).
+
+    A supernet of the space named ``space`` on the built-in data takes the shipped ``cpu_supernet_<space>`` when
+    there is one (its proxy: ``space_overrides`` are per space), else ``cpu_supernet`` (``psvit_tiny``'s)."""
     spec = str(data).strip().lower()
     builtin = spec in BUILTIN_DATA
     idx = spec == "fashion-mnist" or spec.startswith("idx:")
     if job == "supernet":
         if idx:
             return _shipped("cpu_fashion_supernet")
+        if builtin and space and shipped_path("recipe", f"cpu_supernet_{space}") is not None:
+            return _shipped(f"cpu_supernet_{space}")
         return _shipped("cpu_supernet") if builtin else None
     if job == "retrain":
         return _shipped("retrain_cpu" if builtin else "retrain_cpu_fashion" if idx else "retrain_deit")

@@ -302,9 +302,13 @@ def test_cli_says_which_default_recipe_it_chose(capsys):
     import argparse
 
     from nas.cli import _recipe
-    assert _recipe(argparse.Namespace(recipe=None, data="builtin"), "supernet") == str(default_recipe("supernet", "builtin"))
+    ns = argparse.Namespace
+    assert _recipe(ns(recipe=None, data="builtin", space="psvit_tiny"), "supernet") == str(default_recipe("supernet", "builtin"))
     assert "nas: recipe " in capsys.readouterr().err
-    assert _recipe(argparse.Namespace(recipe=None, data="synthetic:64"), "supernet") is None  # Recipe(), unchanged
+    # a space that ships its own CPU recipe gets it
+    assert _recipe(ns(recipe=None, data="builtin", space="all_four"), "supernet") == str(RECIPES / "cpu_supernet_all_four.yaml")
+    capsys.readouterr()
+    assert _recipe(ns(recipe=None, data="synthetic:64", space="psvit_tiny"), "supernet") is None  # Recipe(), unchanged
     assert capsys.readouterr().err == ""
     assert _recipe(argparse.Namespace(recipe="r.yaml", data="builtin"), "retrain") == "r.yaml"
 
