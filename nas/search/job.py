@@ -93,6 +93,18 @@ def data_dependent(space: SearchSpace) -> bool:
     return space.data_dependent()
 
 
+def default_search_recipe(space: str, searcher: str | None) -> Path | None:
+    """The search recipe of a search on the built-in data when none is given: the shipped ``search_cpu_<space>``
+    when the space has one and its searcher is the one asked for (its CPU settings, e.g. fewer evaluations
+    where each costs more), else None (the searcher's defaults)."""
+    from nas.shipped import path as shipped_path
+
+    found = shipped_path("recipe", f"search_cpu_{space}")
+    if found is None or (searcher is not None and load_search_recipe(found).searcher != searcher):
+        return None
+    return found
+
+
 def plan(space: str | Path, *, flops: str | None = None, params: str | None = None, budget_on: str | None = None,
          searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str | None = None,
          recipe: str | Path | None = None, search_recipe: str | Path | None = None,
@@ -107,6 +119,8 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
                        f"recipe it was trained with (its run.json); drop {given}, or drop --supernet to train one")
     space_file = str(space)
     target = load_space(space_file)
+    if search_recipe is None and supernet is None and data is None:
+        search_recipe = default_search_recipe(target.name, searcher)
     srec = load_search_recipe(search_recipe, searcher).with_max_evals(max_evals)
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_EVALS:
         raise NasError(f"--top must be an integer in [0, {MAX_EVALS:,}], got {top!r}")

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nas.arch import Arch, Provenance
 from nas.errors import NasError
+from nas.mechanisms import tokenizer
 from nas.search.budget import Budget, human
 from nas.search.history import Candidate, best, rank_key
 from nas.space import SearchSpace
@@ -223,6 +224,7 @@ def summary(r: Any) -> dict[str, Any]:
         return None if c is None else c.to_json()
     return {"space": r.space.name, "space_hash": r.space.hash, "budget": r.budget.to_dict(),
             "budget_text": r.budget.describe(), "searcher": r.searcher, "best": cand(r.best),
+            "best_tokenizer": tokenizer(r.best_arch.tokenizer).to_dict(r.best_arch.tokenizer),
             "val_score": r.val_score, "baseline": cand(r.baseline), "baseline_val_score": r.baseline_val_score,
             "winner_vs_baseline_val": r.versus_baseline, "cheapest_within_noise": r.cheapest,
             "candidates": len(r.candidates), "new_evals": r.new_evals, "seconds": round(r.seconds, 1),
@@ -260,6 +262,22 @@ def comparison_lines(r: Any) -> list[str]:
     return lines
 
 
+def tokenizer_text(arch: Arch) -> str:
+    """'progressive (points 10, iterations 2, share_weights False)': an arch's tokenizer, for the table."""
+    d = tokenizer(arch.tokenizer).to_dict(arch.tokenizer)
+    return f"{d.pop('type')} (" + ", ".join(f"{k} {v}" for k, v in d.items()) + ")"
+
+
+def tokenizer_lines(r: Any) -> list[str]:
+    """With a choice of tokenizers: which one the winner (and random search's best) chose."""
+    if len(r.space.tokenizer_types()) < 2:
+        return []
+    line = f"  tokenizer: winner {tokenizer_text(r.best_arch)}"
+    if r.baseline is not None:
+        line += f"; best random {tokenizer_text(r.space.decode(r.baseline.vector))}"
+    return [line]
+
+
 def table(r: Any) -> str:
     """The final table printed by ``nas search``."""
     def fmt(x: float | None) -> str:
@@ -275,6 +293,7 @@ def table(r: Any) -> str:
     lines = [f"nas search {r.space.name}: {r.budget.describe()}, {r.searcher}; {len(r.candidates)} candidates "
              f"({r.new_evals} evaluated now), {r.seconds:.0f} s -> {r.run_dir}"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += tokenizer_lines(r)
     lines += comparison_lines(r)
     lines += [f"  note: {n}" for n in r.notes]
     lines.append("  files: " + ", ".join(sorted({p.name if p.parent == r.run_dir else f"{p.parent.name}/"

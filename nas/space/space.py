@@ -100,6 +100,11 @@ class SearchSpace:
                 for item in leaf.items:
                     yield Dimension(f"{leaf.path}[{item}]", leaf.line, (False, True))
 
+    def tokenizer_types(self) -> tuple[str, ...]:
+        """The tokenizer types an arch of the space can have: one, or the options of a choice of tokenizers."""
+        choice = self._tokenizer_choice()
+        return tuple(v["type"] for v in choice.values) if choice else (self._t["tokenizer"]["type"],)
+
     def _tokenizer_choice(self) -> Choice | None:
         tok = self._t["tokenizer"]
         return tok if isinstance(tok, Choice) else None
