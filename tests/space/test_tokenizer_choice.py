@@ -91,7 +91,7 @@ def test_mutation_moves_active_dimensions_only(small):
         changed = {i for i, (x, y) in enumerate(zip(before, after)) if x != y}
         assert all(active[i] for i in changed)
         seen.add(child.tokenizer.type)
-    assert seen == {"patch", "progressive", "coarse_fine"}
+    assert seen == {"progressive", "coarse_fine"}  # prob 1: the tokenizer always moves to another option
 
 
 def test_all_four_validates_and_samples_every_tokenizer(capsys):
@@ -167,11 +167,11 @@ def test_optuna_suggests_inactive_dimensions_not_at_all(small):
 
 
 @pytest.mark.parametrize("text, line, key, message", [
-    ("    - {type: patch, patch_size: 4}\n    - {type: patch, patch_size: 8}\n", 6, "tokenizer.choice[1]",
+    ("    - {type: patch, patch_size: 4}\n    - {type: patch, patch_size: 8}\n", 7, "tokenizer.choice[1]",
      "two options of type patch"),
-    ("    - {type: patch, patch_size: 5}\n    - {type: progressive}\n", 5, "tokenizer.choice[0].patch_size",
+    ("    - {type: patch, patch_size: 5}\n    - {type: progressive}\n", 6, "tokenizer.choice[0].patch_size",
      "not divisible by patch_size 5"),
-    ("    - {type: patch, patch_size: 4}\n    - {type: coarse_fine, patch_size: 4, coarse_grid: 3}\n", 6,
+    ("    - {type: patch, patch_size: 4}\n    - {type: coarse_fine, patch_size: 4, coarse_grid: 3}\n", 7,
      "tokenizer.choice[1].coarse_grid", "coarse_grid 3 needs input size"),
 ])
 def test_bad_options_name_their_line_and_key(tmp_path: Path, capsys, text, line, key, message):
