@@ -12,6 +12,7 @@ import torch
 import nas
 from nas.cost import cost
 from nas.space import load_space
+from nas.train.recipe import load_recipe
 from tests.helpers import count_macs
 
 SPACES = Path(__file__).resolve().parents[1] / "spaces"
@@ -22,8 +23,9 @@ PATCH4 = {**TINY, "tokenizer.patch_size": 4}
 STATIC = [("psvit_tiny", PATCH4, 50), ("psvit_2d_tiny", PATCH4, 50), ("ps_vit", TINY, 20),
           ("psvit_fmnist", {"input.channels": 3}, 50)]  # grayscale as written; RGB for the shared input below
 NARROW = {"stages[0].dim": 48}  # DeiT-S width 384 -> 48 (6 heads of 8): same structure, 30x cheaper
+ALL_FOUR = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "cpu_supernet_all_four.yaml").space_overrides
 DYNAMIC = [("ats_deit_small", {**PATCH4, **NARROW}, 8), ("combined", TINY, 8),
-           ("cf_vit", {**PATCH4, **NARROW, "tokenizer.coarse_grid": 4}, 8)]
+           ("cf_vit", {**PATCH4, **NARROW, "tokenizer.coarse_grid": 4}, 8), ("all_four", ALL_FOUR, 12)]
 
 
 def n_params(model: torch.nn.Module) -> int:

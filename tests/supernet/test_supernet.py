@@ -81,6 +81,9 @@ def tiny_overrides(path: str) -> dict:
     """Overrides that shrink a shipped space for CPU tests: input 32, patch 4, widths / 4, few sampling points."""
     t = load_space(path).template()
     tok, ov = t["tokenizer"], {"input.size": 32, "input.channels": 3}  # the test images are RGB
+    if "choice" in tok:  # a choice of tokenizers: the space's own CPU proxy (its shipped recipe)
+        from nas.train.recipe import default_recipe, load_recipe
+        return {**load_recipe(default_recipe("supernet", "builtin", t["name"])).space_overrides, **ov}
     if tok["type"] in ("patch", "coarse_fine"):
         ov["tokenizer.patch_size"] = 4
     if tok["type"] == "coarse_fine":
