@@ -79,16 +79,25 @@ class SearchSpace:
         self.file = file
         self.name: str = template["name"]
         self.budget: dict[str, int] = dict(template.get("budget", {}))
-        self._first: dict[int, int] = {}  # id(leaf) -> its first dimension
-        i = 0
-        for leaf in _walk(template):
-            self._first[id(leaf)] = i
-            i += _width(leaf)
+        self._first = self._first_dimensions()
         self.dims: tuple[Dimension, ...] = tuple(self._dimensions())
         self._conditions = self._condition_table()
         self._extremes: dict[str, tuple[int, list[int]]] | None = None
         body = {k: v for k, v in _jsonable(template).items() if k not in ("name", "budget")}
         self.hash = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    def _first_dimensions(self) -> dict[int, int]:
+        """id(leaf) -> the leaf's first dimension (ids: rebuilt after unpickling, ``__setstate__``)."""
+        first, i = {}, 0
+        for leaf in _walk(self._t):
+            first[id(leaf)] = i
+            i += _width(leaf)
+        return first
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (Ray actors, deepcopy): the template's leaves are new objects, so their ids are new."""
+        self.__dict__.update(state)
+        self._first = self._first_dimensions()
 
     def _dimensions(self) -> Iterator[Dimension]:
         for leaf in _walk(self._t):

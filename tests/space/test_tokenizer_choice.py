@@ -232,3 +232,15 @@ def test_all_four_has_cpu_defaults_on_the_builtin_data():
     assert default_search_recipe("all_four", None).name == "search_cpu_all_four.yaml"
     assert default_search_recipe("all_four", "optuna") is None  # asked for another searcher: its defaults
     assert default_search_recipe("psvit_tiny", None) is None
+
+
+def test_a_pickled_space_decodes_the_same(small):
+    """Ray actors and deepcopy get a copy of the space: its leaves are new objects (dimension lookup by id)."""
+    import copy
+    import pickle
+
+    for other in (pickle.loads(pickle.dumps(small)), copy.deepcopy(small)):
+        for seed in range(20):
+            vec = small.encode(small.sample(seed))
+            assert other.decode(vec) == small.decode(vec)
+        assert other.cost_bounds() == small.cost_bounds()
