@@ -188,8 +188,7 @@ class SearchSpace:
     def data_dependent(self) -> bool:
         """Whether some arch of the space executes image-dependent MACs: a data-dependent tokenizer (CF-ViT's
         early exit) or a token reduction (ATS) with a reducible tokenizer."""
-        toks = [tokenizer(o["type"]) for o in (self._tokenizer_choice().values if self._tokenizer_choice()
-                                              else [self._t["tokenizer"]])]
+        toks = [tokenizer(kind) for kind in self.tokenizer_types()]
         return (any(m.data_dependent for m in toks)
                 or any(self._t.get(key) is not None and m.data_dependent and any(t.reducible for t in toks)
                        for key, m in reductions().items()))
