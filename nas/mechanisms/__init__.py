@@ -55,7 +55,8 @@ class Mechanism:
     config: type
     """The frozen dataclass an Arch carries for it; its field defaults are the DSL's defaults."""
     model: str = ""
-    """Module path of the torch half (``nas.mechanisms.ats.model``), imported by ``nas.models`` only."""
+    """Module path of the torch half (``nas.mechanisms.ats.model``), imported by ``nas.models`` and ``nas.viz`` only
+    (``nas.viz`` also reads a tokenizer's ``image_points`` there when its module records sampling points)."""
     data_dependent: bool = False
     """True when the MACs executed depend on the image (the search then scores per image MACs)."""
     picture: str | None = None
