@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.atomic import atomic_write  # noqa: E402
-from nas.errors import NasError  # noqa: E402
+from nas.errors import exit_with  # noqa: E402
 
 FORMAT = "nas-band-reliability/1"
 
@@ -126,8 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except NasError as e:
-        print(f"nas: error: {e.format()}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main)

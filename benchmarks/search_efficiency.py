@@ -89,7 +89,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.atomic import atomic_write  # noqa: E402
-from nas.errors import NasError  # noqa: E402
+from nas.errors import NasError, exit_with  # noqa: E402
 
 SEARCHERS = ("evolution", "optuna", "random")
 RESULT_FORMAT = "nas-search-efficiency-run/2"
@@ -938,8 +938,4 @@ def _progress(r: dict, done: int, total: int, t0: float) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except NasError as e:
-        print(f"nas: error: {e.format()}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main)

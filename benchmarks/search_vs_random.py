@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.atomic import atomic_write  # noqa: E402
-from nas.errors import NasError  # noqa: E402
+from nas.errors import NasError, exit_with  # noqa: E402
 
 FORMAT = "nas-search-vs-random/1"
 SETTING_FORMAT = "nas-search-vs-random-setting/1"
@@ -446,8 +446,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except NasError as e:
-        print(f"nas: error: {e.format()}", file=sys.stderr)
-        sys.exit(2)
+    exit_with(main)

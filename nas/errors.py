@@ -1,6 +1,9 @@
 """The one exception type users see: it names the file, line and key path at fault."""
 from __future__ import annotations
 
+import sys
+from typing import Callable, NoReturn
+
 
 class NasError(Exception):
     """A user-facing error: bad input, not a bug.
@@ -25,3 +28,14 @@ class NasError(Exception):
 class Terminated(BaseException):
     """SIGTERM while a command waits for something outside it (a Ray head to answer): the CLI prints one line and
     exits with 143. A ``BaseException`` so that no ``except Exception`` on the way (Ray's retry loops) swallows it."""
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """``sys.exit(main())`` for a script (the benchmarks): a ``NasError`` is one ``nas: error:`` line and exit 2,
+    as in the CLI."""
+    try:
+        code = main()
+    except NasError as e:
+        print(f"nas: error: {e.format()}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
