@@ -492,10 +492,28 @@ def check(t: dict[str, Any], root: Node) -> None:
             if t.get(key) is not None and not any(tokenizer(o["type"]).reducible for o in t["tokenizer"].values):
                 raise _at(root, key).error(f"{key} needs a tokenizer it can act in; no option of the tokenizer "
                                            "choice is reducible", key=key)
+        _check_widths(t, root)  # no tokenizer involved: once, not per option
         for j, option in enumerate(t["tokenizer"].values):
             _check_one(with_tokenizer(t, option), root, f"tokenizer.choice[{j}]")
     else:
+        _check_widths(t, root)
         _check_one(t, root, "tokenizer")
+
+
+def _check_widths(t: dict[str, Any], root: Node) -> None:
+    """Every dim choice of a stage splits into every heads choice and gives a non-empty MLP."""
+    for s, st in enumerate(t["stages"]):
+        for d in options(st["dim"]):
+            for h in options(st["heads"]):
+                msg = heads_error(d, h)
+                if msg:
+                    path = f"stages[{s}].heads"
+                    raise _at(root, path).error(f"{msg}; every dim choice of a stage must be divisible by every "
+                                                f"heads choice", key=path)
+            for r in options(st["mlp_ratio"]):
+                if int(d * r) < 1:
+                    path = f"stages[{s}].mlp_ratio"
+                    raise _at(root, path).error(f"mlp_ratio {r} gives an empty MLP for dim {d}", key=path)
 
 
 def _check_one(t: dict[str, Any], root: Node, tok_path: str) -> None:
@@ -507,16 +525,6 @@ def _check_one(t: dict[str, Any], root: Node, tok_path: str) -> None:
             path = tok_path + path[len("tokenizer"):]
         raise _at(root, path).error(message, key=path)
 
-    for s, st in enumerate(stages):
-        for d in options(st["dim"]):
-            for h in options(st["heads"]):
-                msg = heads_error(d, h)
-                if msg:
-                    fail(f"stages[{s}].heads", f"{msg}; every dim choice of a stage must be divisible by every "
-                         f"heads choice")
-            for r in options(st["mlp_ratio"]):
-                if int(d * r) < 1:
-                    fail(f"stages[{s}].mlp_ratio", f"mlp_ratio {r} gives an empty MLP for dim {d}")
     mech.check_space(t, fail)
     if pool["type"] == "none" and len(stages) > 1:
         dims = [options(st["dim"]) for st in stages]

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from nas.arch import Arch
 from nas.mechanisms import reductions, tokenizer
 from nas.space.bounds import extremes
-from nas.space.schema import Choice, Subset
+from nas.space.schema import Choice, Subset, with_tokenizer
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class SearchSpace:
         self._first = self._first_dimensions()
         self.dims: tuple[Dimension, ...] = tuple(self._dimensions())
         self._conditions = self._condition_table()
+        self._branches = self._branch_table()
+        self._sizes = [math.prod(len(self.dims[i].values) for i in b) for b in self._branches]  # archs per branch
         self._extremes: dict[str, tuple[int, list[int]]] | None = None
         body = {k: v for k, v in _jsonable(template).items() if k not in ("name", "budget")}
         self.hash = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -149,7 +151,7 @@ class SearchSpace:
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, dims={len(self.dims)}, size={self.size()})"
 
-    def _branches(self) -> list[list[int]]:
+    def _branch_table(self) -> list[list[int]]:
         """Per tokenizer option (one branch without a choice of tokenizers), the dimensions active with it; the
         tokenizer choice's own dimension is left out (it picks the branch)."""
         choice = self._tokenizer_choice()
@@ -161,7 +163,7 @@ class SearchSpace:
 
     def size(self) -> int:
         """Exact number of distinct archs (identity cell positions count: they are distinct supernet paths)."""
-        return sum(math.prod(len(self.dims[i].values) for i in b) for b in self._branches())
+        return sum(self._sizes)
 
     def vector_at(self, index: int) -> list[int]:
         """The ``index``-th arch of the space, 0 <= index < size(), as a vector: the branches (tokenizer options)
@@ -170,8 +172,7 @@ class SearchSpace:
             raise ValueError(f"index {index} is outside the space's {self.size()} archs")
         choice = self._tokenizer_choice()
         vector = [0] * len(self.dims)
-        for j, branch in enumerate(self._branches()):
-            n = math.prod(len(self.dims[i].values) for i in branch)
+        for j, (branch, n) in enumerate(zip(self._branches, self._sizes)):
             if index < n:
                 if choice is not None:
                     vector[self._first[id(choice)]] = j
@@ -218,8 +219,7 @@ class SearchSpace:
 
         d = fill(self._t)
         d.pop("budget", None)
-        if not tokenizer(d["tokenizer"]["type"]).reducible:
-            d.update({key: None for key in reductions()})
+        d = with_tokenizer(d, d["tokenizer"])  # no reduction with a tokenizer that takes none
         d["name"] = ""
         d["provenance"] = {"space": self.name, "space_hash": self.hash}
         return Arch.from_dict(d)
