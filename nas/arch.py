@@ -64,6 +64,9 @@ class Provenance:
     space_hash: str | None = None
     budget_macs: int | None = None
     budget_params: int | None = None
+    budget_latency_ms: float | None = None  # the upper end of a latency budget
+    latency_ms: float | None = None         # the arch's latency as that budget's table predicts it
+    latency_table: str | None = None        # that table: "<file> (<its hash>)"
     score: float | None = None
 
 

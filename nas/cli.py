@@ -185,6 +185,54 @@ def cmd_flops(args: argparse.Namespace) -> None:
         print("  ".join(f"{k} {human(v)}" for k, v in info.items()))
 
 
+def cmd_latency(args: argparse.Namespace) -> None:
+    from nas.latency import load_table, measure_latency
+    from nas.space import load_arch
+    if args.weights and not Path(args.weights).is_file():
+        raise NasError("no such weights file", file=args.weights)
+    table = load_table(args.table) if args.table else None  # a bad table fails before the timing
+    arch = load_arch(args.arch)
+    if args.data and not arch.data_dependent:
+        print(f"nas: note: --data is not used: {args.arch} does the same work on every image (timed on a random "
+              "batch)", file=sys.stderr)
+    r = measure_latency(arch, args.device, args.batch, args.threads, args.data, args.images, args.weights,
+                        args.seed, reps=args.reps, file=args.arch)
+    info = r.to_dict()
+    if table is not None:
+        info.update(predicted_ms=table.predict(arch), table=table.file)
+    if args.json:
+        print(json.dumps(info))
+        return
+    e = r.environment
+    how = (f"mean over {r.images} images of {r.data} of each batch's median of {r.runs // max(1, r.images // e['batch'])} "
+           f"runs (quartiles of the batches {r.q1:.2f} .. {r.q3:.2f} ms, slowest {r.worst_ms:.2f} ms)"
+           if r.data is not None else f"median of {r.runs} runs, quartiles {r.q1:.2f} .. {r.q3:.2f} ms")
+    print(f"{args.arch}: {r.ms:.2f} ms per forward of batch {e['batch']} on {e['device']} ({e['machine']}), "
+          f"{e['threads']} threads, torch {e['torch']}: {how}")
+    if table is not None:
+        print(f"  predicted {info['predicted_ms']:.2f} ms by {table.file} ({table.describe()}), "
+              f"{(info['predicted_ms'] - r.ms) / r.ms:+.1%}" + (" (the worst case: every token kept, both passes)"
+                                                                if arch.data_dependent else ""))
+
+
+def cmd_latency_table(args: argparse.Namespace) -> None:
+    import torch
+
+    from nas.latency import make_table
+    from nas.space import load_space
+    space = load_space(args.space)  # a bad space fails before anything is timed
+    threads = args.threads or torch.get_num_threads()
+    out = Path(args.out) if args.out else (Path("runs") / "latency"
+                                           / f"{space.name}-{args.device}-b{args.batch}-t{threads}.json")
+    check_folder(out.parent)
+    t = make_table(args.space, out, args.device, args.batch, threads, args.calibrate, args.rounds, args.reps,
+                   args.seed)
+    bounds = space.latency_bounds(t)
+    lo, hi = bounds["min_latency"][0], bounds["max_latency"][0]
+    print(f"{out}: {len(t.entries)} blocks of {space.name}, {t.describe()}; fixed {t.fixed_ms:+.2f} ms per forward "
+          f"(from {len(t.calibration)} whole archs); predicted range {lo:.2f} .. {hi:.2f} ms")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from nas.cost import cost
     from nas.supernet.run import evaluate_arch
@@ -334,7 +382,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     r = search(args.space, flops=args.flops, params=args.params, budget_on=args.budget_on, searcher=args.searcher,
                max_evals=args.max_evals, top=args.top, data=args.data, recipe=args.recipe,
                search_recipe=args.search_recipe, supernet=args.supernet, storage=args.storage, out=args.out,
-               seed=args.seed, backend=backend)
+               seed=args.seed, backend=backend, latency=args.latency, latency_table=args.latency_table)
     print(table(r))
 
 
@@ -386,6 +434,39 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--supernet", metavar="RUN_DIR", type=path_arg, help="with --data: measure with this trained supernet's "
                    "weights sliced for the arch (default data: the run's)")
     f.set_defaults(func=cmd_flops)
+
+    la = sub.add_parser("latency", help="measured latency of an arch's model on this machine (docs/latency.md)")
+    la.add_argument("arch", type=path_arg, help="an arch file (e.g. a search's best.yaml) or a shipped reference/NAME")
+    la.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    la.add_argument("--batch", type=int_in(1, 4096), default=1, help="images per forward (default 1)")
+    la.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's, all cores)")
+    la.add_argument("--data", help="data-dependent archs (ATS, CF-ViT): time them on images of this data, and "
+                    "report the mean (default builtin)")
+    la.add_argument("--images", type=int_in(1, 100000), default=64, help="images to time a data-dependent arch "
+                    "on (default 64)")
+    la.add_argument("--weights", type=path_arg, help="safetensors weights for the arch (default: seeded random "
+                    "init; the work of ATS and CF-ViT depends on the weights)")
+    la.add_argument("--reps", type=int_in(2, 100000), default=50, help="timed runs (default 50, after 10 untimed)")
+    la.add_argument("--table", type=path_arg, help="also print the latency this table predicts")
+    la.add_argument("--seed", type=SEED, default=0, help=f"seed of the random init and input, {SEED_HELP}")
+    la.add_argument("--json", action="store_true")
+    la.set_defaults(func=cmd_latency)
+
+    lt = sub.add_parser("latency-table", help="time every block a space can produce on this machine: the table "
+                        "`nas search --latency` predicts with (resumable; docs/latency.md)")
+    lt.add_argument("space", type=path_arg, help=SPACE_HELP)
+    lt.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    lt.add_argument("--batch", type=int_in(1, 4096), default=1, help="images per forward (default 1)")
+    lt.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's, all cores)")
+    lt.add_argument("--out", type=path_arg, help="the table file (default runs/latency/<space>-<device>-b<batch>-"
+                    "t<threads>.json); re-running on it resumes")
+    lt.add_argument("--calibrate", type=int_in(0, 1000), default=5, help="whole archs timed to measure the time "
+                    "outside the blocks (default 5)")
+    lt.add_argument("--rounds", type=int_in(1, 100), default=4, help="passes over the blocks the timed runs are "
+                    "spread over (default 4)")
+    lt.add_argument("--reps", type=int_in(1, 100000), default=40, help="timed runs of each block in all (default 40)")
+    lt.add_argument("--seed", type=SEED, default=0, help=f"seed of the calibration archs, {SEED_HELP}")
+    lt.set_defaults(func=cmd_latency_table)
 
     e = sub.add_parser("eval", help="score an arch with inherited supernet weights (top-1 and loss)")
     e.add_argument("arch", type=path_arg, help="arch file (or shipped reference/NAME), of the supernet's space or "
@@ -455,11 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "re-running resumes")
     rk.set_defaults(func=cmd_rank_check)
 
-    se = sub.add_parser("search", help="the best subnet within a MACs/params budget (resumable; docs/search.md)")
+    se = sub.add_parser("search", help="the best subnet within a MACs/params/latency budget (resumable; "
+                        "docs/search.md)")
     se.add_argument("space", help=SPACE_HELP)
     se.add_argument("--flops", help="MACs budget: an upper bound (1.3G) or a band (1.15G:1.3G); default: the "
                     "space's budget")
     se.add_argument("--params", help="params budget: an upper bound (6M) or a band (5M:6M)")
+    se.add_argument("--latency", help="latency budget on the target device: an upper bound (8ms) or a band (6ms:8ms), "
+                    "as --latency-table predicts it")
+    se.add_argument("--latency-table", type=path_arg, metavar="FILE", help="the table of block times made on the "
+                    "target device by `nas latency-table`; alone, it records every candidate's predicted latency")
     se.add_argument("--budget-on", choices=BUDGET_ON, help="bound the worst-case MACs or the mean measured "
                     "on the search split (data-dependent archs; default mean when the supernet is at target scale)")
     se.add_argument("--searcher", choices=tuple(SEARCHERS),

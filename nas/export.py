@@ -63,7 +63,9 @@ def export_arch(folder: Path, stem: str, target_arch: Arch, proxy_arch: Arch | N
 # --- Pareto front (computed and pictured by nas.search.plots) --------------------------------------------
 def write_pareto_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(PARETO_COLUMNS), lineterminator="\n", extrasaction="ignore")
+    latency = ["latency_ms"] if any("latency_ms" in r for r in rows) else []  # a search with a latency table
+    w = csv.DictWriter(buf, fieldnames=[*PARETO_COLUMNS[:-2], *latency, *PARETO_COLUMNS[-2:]], lineterminator="\n",
+                       extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
     atomic_write(path, buf.getvalue())

@@ -270,7 +270,7 @@ def test_search_plot_ranks_by_loss(tmp_path):
     plot = search_plot(tmp_path / "run")
     assert plot.column == "loss" and plot.lower_is_better
     assert [p.arch_hash for p in plot.front] == LOSS_FRONT
-    assert [(p.macs, p.value) for p in plot.front] == [(1000, 1.2), (1500, 0.9), (3000, 0.85)]
+    assert [(p.cost, p.value) for p in plot.front] == [(1000, 1.2), (1500, 0.9), (3000, 0.85)]
     assert plot.from_summary and plot.winner.arch_hash == H[3] and plot.winner in plot.front
     assert plot.winner == plot.front[-1] and plot.winner.value == min(p.value for p in plot.points if p.feasible)
     assert best_so_far(rows) == [0, 1, 1, 3, 3, 3]                          # row 2 is outside the budget
@@ -320,11 +320,11 @@ def test_winner_is_on_the_loss_front_of_a_long_run(tmp_path, on):
     feas = [p for p in plot.points if p.feasible]
     assert len(plot.points) == 200 and 0 < len(feas) < 200
     winner = min(feas, key=lambda p: p.value)
-    assert plot.winner == winner == plot.front[-1] and winner.macs <= budget
-    assert set(plot.front) == {feas[i] for i in brute_front([(p.macs, p.value) for p in feas])}
+    assert plot.winner == winner == plot.front[-1] and winner.cost <= budget
+    assert set(plot.front) == {feas[i] for i in brute_front([(p.cost, p.value) for p in feas])}
     assert best_so_far(read_history(run / "history.csv"))[-1] == winner.row
     assert plot.best_value[-1] == winner.value and plot.best_score[-1] == winner.score
-    assert [p.macs for p in plot.points] == [c.macs_mean if on == "mean" else c.target_macs for c in rows]
+    assert [p.cost for p in plot.points] == [c.macs_mean if on == "mean" else c.target_macs for c in rows]
 
 
 def test_viz_of_a_search_run(tmp_path, capsys):

@@ -28,12 +28,16 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 COLUMNS = ("arch_hash", "generation_or_trial", "score", "loss", "objective", "macs", "params", "macs_mean",
-           "target_macs", "target_params", "feasible", "seconds", "vector")
+           "target_macs", "target_params", "target_latency_ms", "feasible", "seconds", "vector")
 """``score`` top-1 on the search split in [0, 1]; ``loss`` its cross-entropy; ``objective`` what the searchers
 maximise (the evaluator's ``Evaluation.objective`` where it defines one, else the score); ``macs``/``params`` the scored
 (proxy) arch's, ``macs`` its worst case; ``macs_mean`` the measured mean MACs per image (data-dependent archs,
 else empty); ``target_macs``/``target_params`` the target arch's (what the budget bounds, worst case);
-``feasible`` whether the budget holds (on the mean for a mean budget); ``vector`` the choice indices, '-'-joined."""
+``target_latency_ms`` its latency as the search's latency table predicts it (empty without a table); ``feasible``
+whether the budget holds (on the mean for a mean budget); ``vector`` the choice indices, '-'-joined."""
+
+LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != "target_latency_ms")
+"""The columns before latency budgets: such a history is read (no latency) and appended to in its own columns."""
 
 
 @dataclass(frozen=True)
@@ -51,20 +55,26 @@ class Candidate:
     feasible: bool
     seconds: float
     vector: tuple[int, ...]
+    target_latency_ms: float | None = None
 
-    def row(self) -> list[str]:
-        return [self.arch_hash, str(self.generation_or_trial), repr(self.score), repr(self.loss), repr(self.objective),
-                str(self.macs),
-                str(self.params), "" if self.macs_mean is None else str(self.macs_mean), str(self.target_macs),
-                str(self.target_params), str(int(self.feasible)), f"{self.seconds:.4f}",
-                "-".join(map(str, self.vector))]
+    def row(self, columns: tuple[str, ...] = COLUMNS) -> list[str]:
+        v = {"arch_hash": self.arch_hash, "generation_or_trial": str(self.generation_or_trial),
+             "score": repr(self.score), "loss": repr(self.loss), "objective": repr(self.objective),
+             "macs": str(self.macs), "params": str(self.params),
+             "macs_mean": "" if self.macs_mean is None else str(self.macs_mean), "target_macs": str(self.target_macs),
+             "target_params": str(self.target_params),
+             "target_latency_ms": "" if self.target_latency_ms is None else repr(self.target_latency_ms),
+             "feasible": str(int(self.feasible)), "seconds": f"{self.seconds:.4f}",
+             "vector": "-".join(map(str, self.vector))}
+        return [v[c] for c in columns]
 
     @classmethod
-    def from_row(cls, row: list[str]) -> "Candidate":
+    def from_row(cls, row: list[str], columns: tuple[str, ...] = COLUMNS) -> "Candidate":
         """Inverse of ``row``; ValueError saying what is wrong with anything else."""
-        if len(row) != len(COLUMNS):
-            raise ValueError(f"{len(row)} column(s), expected {len(COLUMNS)}")
-        v = dict(zip(COLUMNS, row))
+        if len(row) != len(columns):
+            raise ValueError(f"{len(row)} column(s), expected {len(columns)}")
+        v = dict(zip(columns, row))
+        v.setdefault("target_latency_ms", "")
         if not _HASH.fullmatch(v["arch_hash"]):  # the arguments below are checked in column order
             raise ValueError(f"arch_hash {v['arch_hash']!r} is not 16 hex digits")
         return cls(v["arch_hash"], _count(v, "generation_or_trial"),
@@ -72,7 +82,9 @@ class Candidate:
                    _number(v, "loss", "a finite number (or nan: no loss)", lambda x: not math.isinf(x)),
                    _number(v, "objective"), _count(v, "macs"), _count(v, "params"),
                    _count(v, "macs_mean") if v["macs_mean"] else None, _count(v, "target_macs"),
-                   _count(v, "target_params"), _flag(v, "feasible"), _number(v, "seconds"), _vector(v["vector"]))
+                   _count(v, "target_params"), _flag(v, "feasible"), _number(v, "seconds"), _vector(v["vector"]),
+                   _number(v, "target_latency_ms", "a finite number of ms >= 0 (or empty)",
+                           lambda x: math.isfinite(x) and x >= 0) if v["target_latency_ms"] else None)
 
     def check(self, space: "SearchSpace") -> None:
         """ValueError unless ``vector`` is an arch of the (target) ``space`` whose hash is ``arch_hash``."""
@@ -88,8 +100,8 @@ class Candidate:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Candidate":
-        d = {f.name: d[f.name] for f in fields(cls)}
-        d["vector"] = tuple(d["vector"])
+        d = {f.name: d[f.name] for f in fields(cls) if f.name in d or f.name != "target_latency_ms"}
+        d["vector"] = tuple(d["vector"])  # a study written before latency budgets has no target_latency_ms
         return cls(**d)
 
 
@@ -144,29 +156,34 @@ def read_history(path: Path, space: "SearchSpace | None" = None) -> list[Candida
     return _read(path, space)[0]
 
 
-def _read(path: Path, space: "SearchSpace | None") -> tuple[list[Candidate], bytes]:
-    """The rows, and the file's bytes up to its last newline (without a torn last line; b"" for no file)."""
+def _read(path: Path, space: "SearchSpace | None") -> tuple[list[Candidate], bytes, tuple[str, ...]]:
+    """The rows, the file's bytes up to its last newline (without a torn last line; b"" for no file) and its
+    columns (``COLUMNS``, or ``LEGACY_COLUMNS`` for a history written before latency budgets)."""
     data = path.read_bytes() if path.exists() else b""
     keep = data[:data.rfind(b"\n") + 1]
     header = ",".join(COLUMNS)
+    columns = COLUMNS
     rows: list[Candidate] = []
     if data and not keep:  # the header is written whole (atomic_write): a torn line always follows it
         raise NasError(f"the first line is not the history header ({header}); {DAMAGED}", file=str(path), line=1)
     for n, line in enumerate(keep.decode("utf-8", errors="replace").split("\n")[:-1], 1):
         try:
+            if n == 1 and line == ",".join(LEGACY_COLUMNS):
+                columns = LEGACY_COLUMNS
+                continue
             if n == 1 and line != header:
                 raise ValueError(f"the first line is not the history header ({header})")
             if n == 1:
                 continue
-            if line == header:
+            if line == ",".join(columns):
                 raise ValueError("a second header line")
-            c = Candidate.from_row(line.split(","))
+            c = Candidate.from_row(line.split(","), columns)
             if space is not None:
                 c.check(space)
         except ValueError as e:
             raise NasError(f"{e}; {DAMAGED}", file=str(path), line=n) from None
         rows.append(c)
-    return rows, keep
+    return rows, keep, columns
 
 
 class History:
@@ -176,7 +193,7 @@ class History:
         """Reads ``path`` (``read_history``, checked against the target ``space`` where given): NasError, the
         file untouched, at a bad line; a torn last line is dropped from the file, a missing header written."""
         self.path = path
-        rows, keep = _read(path, space)
+        rows, keep, self.columns = _read(path, space)
         self.rows: list[Candidate] = rows
         seen: dict[str, Candidate] = {}
         for c in self.rows:
@@ -191,12 +208,15 @@ class History:
     def append(self, c: Candidate) -> None:
         """One row, on disk (fsynced) before this returns. A row that a resume would refuse (a score outside
         [0, 1] or not finite, from a broken evaluator) is a ``NasError`` instead, and nothing is written."""
+        if c.target_latency_ms is not None and self.columns != COLUMNS:
+            raise NasError("this history was written before latency budgets (no target_latency_ms column): search "
+                           "with a latency table into a new --out", file=str(self.path))
         try:
-            Candidate.from_row(c.row())
+            Candidate.from_row(c.row(self.columns), self.columns)
         except ValueError as e:
             raise NasError(f"arch {c.arch_hash}: the evaluation cannot be recorded ({e}); the evaluator returned "
                            f"{c.score!r} top-1, {c.loss!r} loss", file=str(self.path)) from None
-        self._writer.writerow(c.row())
+        self._writer.writerow(c.row(self.columns))
         self._file.flush()
         os.fsync(self._file.fileno())
         self.rows.append(c)

@@ -58,6 +58,7 @@ class SearchJob:
     supernet: Path | None = None
     trains: bool = True
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def searcher(self) -> str:
@@ -109,10 +110,12 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
          searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str | None = None,
          recipe: str | Path | None = None, search_recipe: str | Path | None = None,
          supernet: str | Path | None = None, storage: str | None = None, seed: int = 0,
-         trains: bool = True) -> SearchJob:
+         trains: bool = True, latency: str | None = None, latency_table: str | Path | None = None) -> SearchJob:
     """Every check that needs no training, cheapest first (the budget before the training recipe); ``trains``
     False: nothing will be trained (an injected backend), so no default training recipe and no data. ``data``
-    None: the built-in data, or the data ``supernet`` was trained with (which takes no ``data`` or ``recipe``)."""
+    None: the built-in data, or the data ``supernet`` was trained with (which takes no ``data`` or ``recipe``).
+    ``latency`` bounds the latency ``latency_table`` predicts (``nas.latency``); a table made on another machine,
+    thread count or library version is used, with a warning in ``SearchJob.warnings``."""
     if supernet is not None and (data is not None or recipe is not None):
         given = " and ".join(f for f, v in (("--data", data), ("--recipe", recipe)) if v is not None)
         raise NasError(f"{given} cannot apply with --supernet: a trained supernet is searched with the data and "
@@ -131,8 +134,15 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
 
     # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
     dd = data_dependent(target)
-    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"))
-    bounds = target.cost_bounds()
+    table = warning = None
+    if latency_table is not None:
+        from nas.latency.table import check_environment, load_table
+        table = load_table(latency_table)
+        warning = check_environment(table)
+    bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"), latency, table)
+    bounds: dict[str, Any] = dict(target.cost_bounds())
+    if table is not None:  # every block the space can produce, looked up: a table of another space fails here
+        bounds.update({k: v for k, (v, _) in target.latency_bounds(table).items()})
     bud.check_reachable(bounds, where=space_file)
 
     # the supernet's space: a trained run's, or the training recipe's (its overrides define a proxy)
@@ -159,6 +169,7 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
     _check_feasible(job)
     job.proxy = ProxyMap(target, trained)
     job.notes = _notes(job, budget_on, recipe is None)
+    job.warnings = [warning] if warning else []
     return job
 
 
@@ -183,8 +194,9 @@ def _check_feasible(job: SearchJob) -> None:
     (what every searcher's first candidate needs), so an empty band fails here, before the run directory."""
     rng = random.Random(f"{job.seed}|feasible")
     for _ in range(job.recipe.max_tries):
-        c = cost(job.target.sample(rng))
-        if job.budget.may_admit(c.macs_min, c.macs_max, c.params):
+        arch = job.target.sample(rng)
+        c = cost(arch)
+        if job.budget.may_admit(c.macs_min, c.macs_max, c.params, job.budget.predict(arch)):
             return
     raise NasError(f"no arch of the space met the budget ({job.budget.describe()}) in {job.recipe.max_tries:,} "
                    f"random draws (the search recipe's max_tries); widen the budget", file=job.space_file)

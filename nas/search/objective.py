@@ -60,6 +60,7 @@ class Objective:
         self.seen: set[str] = set()            # hashes proposed so far
         self.new_evals = 0
         self._costs: dict[Arch, Cost] = {}
+        self._ms: dict[Arch, float | None] = {}
         from tqdm import tqdm
         self.bar = tqdm(total=max_evals, desc=desc, unit="eval", disable=not progress, dynamic_ncols=True,
                         file=sys.stderr, position=position)
@@ -71,10 +72,17 @@ class Objective:
             c = self._costs[arch] = cost(arch)
         return c
 
+    def latency(self, arch: Arch) -> float | None:
+        """The target ``arch``'s latency predicted by the budget's table (ms; None without a table)."""
+        if arch not in self._ms:
+            self._ms[arch] = self.budget.predict(arch)
+        return self._ms[arch]
+
     def precheck(self, arch: Arch) -> bool:
-        """Whether the target ``arch`` can meet the budget, from its analytic cost (no evaluation)."""
+        """Whether the target ``arch`` can meet the budget, from its analytic cost and predicted latency (no
+        evaluation)."""
         c = self.cost(arch)
-        return self.budget.may_admit(c.macs_min, c.macs_max, c.params)
+        return self.budget.may_admit(c.macs_min, c.macs_max, c.params, self.latency(arch))
 
     def propose(self, make: Callable[[], Arch], max_tries: int) -> Arch | None:
         """The first of at most ``max_tries`` archs from ``make()`` that is new and passes the budget check."""
@@ -145,13 +153,13 @@ class Objective:
     def record(self, arch: Arch, step: int, e: EvaluationLike, t0: float,
                 publish: Callable[[Candidate], None] | None = None) -> Candidate:
         """The candidate of target ``arch`` from its evaluation ``e``: published, appended to the history, cached."""
-        tc = self.cost(arch)
+        tc, ms = self.cost(arch), self.latency(arch)
         measured = e.macs_mean if self.budget.on == "mean" and e.macs_mean is not None else tc.macs
         c = Candidate(arch.hash(), step, float(e.score), float(e.loss), float(getattr(e, "objective", e.score)),
                       int(e.macs), int(e.params),
                       None if e.macs_mean is None else int(e.macs_mean), tc.macs, tc.params,
-                      self.budget.admits(measured, tc.params), float(getattr(e, "seconds", time.perf_counter() - t0)),
-                      tuple(self.space.encode(arch)))
+                      self.budget.admits(measured, tc.params, ms), float(getattr(e, "seconds", time.perf_counter() - t0)),
+                      tuple(self.space.encode(arch)), ms)
         if publish is not None:
             publish(c)
         self.history.append(c)

@@ -184,22 +184,26 @@ def set_violation(trial: Any, violation: float) -> None:
 
 def rejection(obj: Objective, trial: Any, arch: Any, multi: bool) -> float | tuple[float, float]:
     """Mark ``trial`` (its target ``arch`` fails the budget's pre-check) rejected; the values to tell."""
-    c = obj.cost(arch)
+    c, ms = obj.cost(arch), obj.latency(arch)
     trial.set_user_attr("rejected", True)
     macs = c.macs_min if obj.budget.on == "mean" else c.macs  # the best the arch could do
-    set_violation(trial, max(obj.budget.violation(macs, c.params), 1e-9))
-    return (_WORST, float(c.macs)) if multi else _WORST
+    set_violation(trial, max(obj.budget.violation(macs, c.params, ms), 1e-9))
+    return (_WORST, float(c.macs if obj.budget.latency is None else ms)) if multi else _WORST
 
 
 def constrain(obj: Objective, trial: Any, cand: Candidate) -> None:
     """The budget constraint of ``trial`` from its evaluated candidate (the measured mean for a mean budget)."""
     set_violation(trial, 0.0 if cand.feasible else max(obj.budget.violation(
-        cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params), 1e-9))
+        cand.macs_mean if cand.macs_mean is not None else cand.target_macs, cand.target_params,
+        cand.target_latency_ms), 1e-9))
 
 
 def values(obj: Objective, c: Candidate, multi: bool) -> float | tuple[float, float]:
-    """What the study is told for candidate ``c``: its objective (and the budget's MACs for NSGA-II)."""
+    """What the study is told for candidate ``c``: its objective (and for NSGA-II the cost the budget bounds:
+    the predicted latency under a latency budget, else MACs)."""
     m = c.macs_mean if obj.budget.on == "mean" and c.macs_mean is not None else c.target_macs
+    if obj.budget.latency is not None:
+        m = c.target_latency_ms
     return (c.objective, float(m)) if multi else c.objective
 
 

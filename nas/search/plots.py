@@ -12,8 +12,9 @@ Decisions:
   ``summary.json`` when there.
 - A history whose losses are all non-finite (an evaluator that defines no loss) is drawn on top-1 instead, and
   its axes say so; a candidate whose value on the ranking key is not finite is no point.
-- A point's MACs are what the budget bounds: the measured mean (``macs_mean``) for a mean budget where there is
-  one, else the target arch's worst case (``target_macs``).
+- A point's cost (the x axis) is what the budget bounds: under a latency budget the target arch's predicted
+  latency (``target_latency_ms``), else its MACs: the measured mean (``macs_mean``) for a mean budget where there
+  is one, else the target arch's worst case (``target_macs``).
 """
 from __future__ import annotations
 
@@ -51,8 +52,11 @@ def _rank(c: Candidate, column: str) -> tuple:
     return (_cost(c, column), -c.score if math.isfinite(c.score) else math.inf, c.target_macs, c.arch_hash)
 
 
-def _budget_macs(c: Candidate, on_mean: bool) -> int:
-    """The MACs the budget bounds: the measured mean for a mean budget (where measured), else the target's."""
+def _budget_cost(c: Candidate, on_mean: bool, latency: bool) -> float:
+    """What the budget bounds: the predicted latency under a latency budget (nan where not predicted), else the
+    MACs: the measured mean for a mean budget (where measured), else the target's."""
+    if latency:
+        return math.nan if c.target_latency_ms is None else c.target_latency_ms
     return c.macs_mean if on_mean and c.macs_mean is not None else c.target_macs
 
 
@@ -89,7 +93,8 @@ def best_so_far(rows: Sequence[Candidate], column: str = "loss") -> list[int | N
 class SearchPoint:
     """One evaluated candidate as the pictures place it."""
     row: int                # index in the history's candidates
-    macs: int               # the MACs the budget bounds (mean for a mean budget, else the target's worst case)
+    cost: float             # what the budget bounds: predicted ms under a latency budget, else MACs (mean for a
+                            # mean budget, else the target's worst case)
     value: float            # its value on the ranking key: the loss, or top-1 without a finite loss
     score: float            # top-1 on the search split
     feasible: bool
@@ -101,7 +106,7 @@ class SearchPlot:
     """Everything the two search pictures draw, as data (``search_plot``)."""
     column: str                     # the ranking key: 'loss' (lower is better), or 'score' (top-1) if none
     points: list[SearchPoint]       # the candidates with a finite value on the ranking key, in history order
-    front: list[SearchPoint]        # Pareto front of the in-budget points on (MACs, ranking), ascending MACs
+    front: list[SearchPoint]        # Pareto front of the in-budget points on (cost, ranking), ascending cost
     winner: SearchPoint | None      # summary.json's best, else the in-budget point the search ranks first
     from_summary: bool              # whether the winner is summary.json's
     values: list[float]             # per evaluation: its value on the ranking key
@@ -109,9 +114,10 @@ class SearchPlot:
     feasible: list[bool]            # per evaluation: in budget
     best_value: list[float]         # per evaluation: the ranking value of the best in budget so far (nan before)
     best_score: list[float]         # per evaluation: the top-1 of that same candidate (not the best top-1 so far)
-    budget: list[float]             # the MACs bounds of run.json's budget
+    budget: list[float]             # the bounds of run.json's budget on the cost
     on_mean: bool                   # the budget is on the mean MACs
     title: str
+    latency: bool = False           # the cost is the predicted latency (a latency budget), not MACs
 
     @property
     def lower_is_better(self) -> bool:
@@ -144,12 +150,13 @@ def search_plot(run_dir: str | Path) -> SearchPlot:
     info, summary = _json(run / "run.json"), _json(run / "summary.json")
     budget = info.get("budget") if isinstance(info.get("budget"), dict) else {}
     on_mean = budget.get("on") == "mean"
+    latency = bool(budget.get("latency_ms"))
     column = ranking_column(rows)
-    points = [SearchPoint(i, _budget_macs(c, on_mean), getattr(c, column), c.score, c.feasible, c.arch_hash)
+    points = [SearchPoint(i, _budget_cost(c, on_mean, latency), getattr(c, column), c.score, c.feasible, c.arch_hash)
               for i, c in enumerate(rows) if _cost(c, column) is not None]
     feas = [p for p in points if p.feasible]
     sign = 1.0 if column == "loss" else -1.0                              # pareto_front wants lower-is-better
-    front = [feas[i] for i in pareto_front([(p.macs, sign * p.value) for p in feas])]
+    front = [feas[i] for i in pareto_front([(p.cost, sign * p.value) for p in feas])]
     best_hash = summary["best"].get("arch_hash") if isinstance(summary.get("best"), dict) else None
     winner = next((p for p in feas if p.arch_hash == best_hash), None)   # the run's own choice
     from_summary = winner is not None
@@ -162,9 +169,9 @@ def search_plot(run_dir: str | Path) -> SearchPlot:
         values=[getattr(c, column) for c in rows], scores=[c.score for c in rows], feasible=[c.feasible for c in rows],
         best_value=[nan if b is None else getattr(rows[b], column) for b in best],
         best_score=[nan if b is None else rows[b].score for b in best],
-        budget=[float(v) for v in (budget.get("macs") or []) if v], on_mean=on_mean,
+        budget=[float(v) for v in (budget.get("latency_ms" if latency else "macs") or []) if v], on_mean=on_mean,
         title=", ".join(str(v) for v in (f"{run.name}: {len(rows)} evaluations", info.get("searcher"),
-                                         summary.get("budget_text")) if v))
+                                         summary.get("budget_text")) if v), latency=latency)
 
 
 def _save(fig, path: Path) -> Path:
@@ -183,7 +190,7 @@ def _candidates(ax, plot: SearchPlot, y: str, scale: float) -> None:
     for ok, color, label in ((True, "tab:blue", "in budget"), (False, "0.65", "outside budget")):
         sel = [p for p in plot.points if p.feasible == ok]
         if sel:
-            ax.scatter([p.macs / scale for p in sel], [getattr(p, y) for p in sel], s=10, c=color, alpha=0.6,
+            ax.scatter([p.cost / scale for p in sel], [getattr(p, y) for p in sel], s=10, c=color, alpha=0.6,
                        lw=0, label=label)
     for i, v in enumerate(plot.budget):
         ax.axvline(v / scale, c="tab:red", ls="--", lw=1, label="budget" if i == 0 else None)
@@ -195,7 +202,7 @@ def _winner(ax, plot: SearchPlot, y: str, scale: float) -> None:
     if w is not None:
         what = "winner" if plot.from_summary else "best in budget"
         detail = f"loss {w.value:.4f}, top-1 {w.score:.4f}" if plot.lower_is_better else f"top-1 {w.score:.4f}"
-        ax.scatter([w.macs / scale], [getattr(w, y)], marker="*", s=200, c="gold", edgecolors="k", zorder=5,
+        ax.scatter([w.cost / scale], [getattr(w, y)], marker="*", s=200, c="gold", edgecolors="k", zorder=5,
                    label=f"{what}: {detail}")
 
 
@@ -214,15 +221,18 @@ def _legend(fig, axes) -> None:
 
 def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """``nas viz RUN_DIR``: the pictures of a search run on its ranking key, the loss on the search split, into
-    ``out`` (default ``RUN_DIR/viz``): ``pareto.png`` (loss against MACs: candidates, the Pareto front on
-    (MACs, loss), the budget, the winner; beside it top-1 against MACs for reference) and ``best_so_far.png``
-    (the lowest in-budget loss after each evaluation; below it the top-1 of that candidate). A history without a
-    finite loss is drawn on top-1, and the axes say so."""
+    ``out`` (default ``RUN_DIR/viz``): ``pareto.png`` (loss against what the budget bounds, MACs or the predicted
+    latency: candidates, the Pareto front, the budget, the winner; beside it top-1 for reference) and
+    ``best_so_far.png`` (the lowest in-budget loss after each evaluation; below it the top-1 of that candidate). A
+    history without a finite loss is drawn on top-1, and the axes say so."""
     plot = search_plot(run_dir)
     out = check_folder(Path(run_dir) / "viz" if out is None else out)
-    top = max((p.macs for p in plot.points), default=0.0)
-    unit, scale = next(((u, v) for u, v in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if top >= v), ("", 1.0))
-    xlabel = f"{'mean ' if plot.on_mean else ''}MACs" + (f" ({unit})" if unit else "")
+    if plot.latency:
+        scale, xlabel, cost_name = 1.0, "predicted latency (ms, the latency table's)", "latency"
+    else:
+        top = max((p.cost for p in plot.points), default=0.0)
+        unit, scale = next(((u, v) for u, v in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if top >= v), ("", 1.0))
+        xlabel, cost_name = f"{'mean ' if plot.on_mean else ''}MACs" + (f" ({unit})" if unit else ""), "MACs"
     fallback = f"{TOP1_LABEL}\n(no loss: ranked by top-1, higher is better)"
     evals = range(1, len(plot.values) + 1)
 
@@ -234,8 +244,8 @@ def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list
     ax = axes[0]
     _candidates(ax, plot, "value", scale)
     if plot.front:
-        ax.plot([p.macs / scale for p in plot.front], [p.value for p in plot.front], "-o", c="tab:orange", ms=3,
-                lw=1.2, label=f"Pareto front on (MACs, {'loss' if loss else 'top-1'})")
+        ax.plot([p.cost / scale for p in plot.front], [p.value for p in plot.front], "-o", c="tab:orange", ms=3,
+                lw=1.2, label=f"Pareto front on ({cost_name}, {'loss' if loss else 'top-1'})")
     _winner(ax, plot, "value", scale)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(LOSS_LABEL if loss else fallback)
@@ -243,7 +253,7 @@ def visualize_search(run_dir: str | Path, out: str | Path | None = None) -> list
     if loss:                                    # top-1 beside it, the same candidates and winner
         ax = axes[1]
         _candidates(ax, plot, "score", scale)
-        ax.scatter([p.macs / scale for p in plot.front], [p.score for p in plot.front], s=22, facecolors="none",
+        ax.scatter([p.cost / scale for p in plot.front], [p.score for p in plot.front], s=22, facecolors="none",
                    edgecolors="tab:orange", lw=1, label="on the loss front")
         _winner(ax, plot, "score", scale)
         ax.set_xlabel(xlabel)

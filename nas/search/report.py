@@ -118,7 +118,8 @@ def finish(job: "SearchJob", run_dir: Path, found: "Found", scoring: "Scoring", 
     else:
         if r.baseline is not None:
             r.versus_baseline = versus(on_val, proxy_of(r.best), proxy_of(r.baseline))
-        r.cheapest = cheapest_within_noise(on_search, r.best, r.candidates, proxy_of, lambda c: budget_macs(c, bud))
+        r.cheapest = cheapest_within_noise(on_search, r.best, r.candidates, proxy_of, lambda c: budget_macs(c, bud),
+                                           lambda c: budget_cost(c, bud))
         log(f"paired comparisons: winner vs baseline {r.versus_baseline}; cheapest within noise {r.cheapest}")
 
     if supernet is not None:  # what makes the scored space a proxy, for the exports' header
@@ -141,10 +142,22 @@ def budget_macs(c: Candidate, bud: Budget) -> int:
     return c.macs_mean if bud.on == "mean" and c.macs_mean is not None else c.target_macs
 
 
+def budget_cost(c: Candidate, bud: Budget) -> float:
+    """The cost a candidate is cheap or dear by: its predicted latency under a latency budget, else
+    ``budget_macs``."""
+    if bud.latency is not None and c.target_latency_ms is not None:
+        return c.target_latency_ms
+    return budget_macs(c, bud)
+
+
 def _target_arch(target: SearchSpace, c: Candidate, bud: Budget) -> Arch:
+    t = bud.table
     return replace(target.decode(c.vector), provenance=Provenance(
         space=target.name, space_hash=target.hash, budget_macs=None if bud.macs is None else bud.macs[1],
-        budget_params=None if bud.params is None else bud.params[1], score=c.score))
+        budget_params=None if bud.params is None else bud.params[1],
+        budget_latency_ms=None if bud.latency is None else bud.latency[1], latency_ms=c.target_latency_ms,
+        latency_table=None if t is None else f"{Path(t.file).name if t.file else 'table'} ({t.hash()})",
+        score=c.score))
 
 
 def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, overrides: dict[str, Any]) -> list[Path]:
@@ -163,6 +176,8 @@ def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, over
                   f"target MACs {c.target_macs} ({human(c.target_macs)}, worst case), params {c.target_params} "
                   f"({human(c.target_params)})" + (f", mean MACs {c.macs_mean}" if pm.is_identity and c.macs_mean
                                                    else ""),
+                  *([f"predicted latency {c.target_latency_ms:.2f} ms per forward, {bud.table.describe()} (table "
+                     f"{bud.table.file}); measure it with `nas latency`"] if c.target_latency_ms is not None else []),
                   f"budget: {bud.describe()}; searcher {res.searcher}, seed {seed}",
                   f"score: top-1 {c.score:.6f} on the search split (loss {c.loss:.6f}), inherited supernet weights"]
         if proxy_arch is not None:
@@ -172,10 +187,13 @@ def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, over
         pprov = Provenance(space=pm.proxy.name, space_hash=pm.proxy.hash, score=c.score)
         files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header, supernet, pprov)
     feas = [c for c in res.candidates if c.feasible]
-    front = [feas[i] for i in pareto_front([(budget_macs(c, bud), c.loss) for c in feas])]  # lower is better
+    front = [feas[i] for i in pareto_front([(budget_cost(c, bud), c.loss) for c in feas])]  # lower is better
+    latency = {} if bud.table is None else {"latency_ms": None}
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
                                     "objective": repr(c.objective), "macs": budget_macs(c, bud),
-                                    "params": c.target_params, "feasible": int(c.feasible),
+                                    "params": c.target_params,
+                                    **({k: repr(c.target_latency_ms) for k in latency}),
+                                    "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
     return files
 
@@ -190,11 +208,13 @@ def versus(per_image: PerImageFn, a: Arch, b: Arch) -> dict[str, Any]:
 
 
 def cheapest_within_noise(per_image: PerImageFn, winner: Candidate, candidates: list[Candidate],
-                          arch_of: Callable[[Candidate], Arch], macs_of: Callable[[Candidate], int]) -> dict[str, Any]:
-    """The in-budget candidate with the fewest ``macs_of`` MACs whose search loss is not worse than the winner's
-    beyond noise (paired on the search split), with its difference; ``{"arch_hash": None, ...}`` when none is
-    cheaper than the winner. ``per_image`` scores on the search split; ``arch_of`` gives a candidate's scored
-    (proxy) arch."""
+                          arch_of: Callable[[Candidate], Arch], macs_of: Callable[[Candidate], int],
+                          cost_of: Callable[[Candidate], float] | None = None) -> dict[str, Any]:
+    """The in-budget candidate with the lowest cost (``cost_of``, default ``macs_of``: the predicted latency under
+    a latency budget, ``budget_cost``) whose search loss is not worse than the winner's beyond noise (paired on
+    the search split), with its difference; ``{"arch_hash": None, ...}`` when none is cheaper than the winner.
+    ``per_image`` scores on the search split; ``arch_of`` gives a candidate's scored (proxy) arch."""
+    cost_of = cost_of or macs_of
     ref = per_image(arch_of(winner)).loss.numpy()
     feasible = [c for c in candidates if c.feasible and c.arch_hash != winner.arch_hash]
     # the paired standard error, from the candidates nearest the winner in loss (subnets of one supernet err on
@@ -202,8 +222,8 @@ def cheapest_within_noise(per_image: PerImageFn, winner: Candidate, candidates: 
     nearest = sorted(feasible, key=lambda c: (c.loss, c.arch_hash))[:PAIRED_SE_FROM]
     sd = max((float((per_image(arch_of(c)).loss.numpy() - ref).std(ddof=1)) for c in nearest), default=0.0)
     se = sd / math.sqrt(len(ref))
-    cheaper = sorted((c for c in feasible if macs_of(c) < macs_of(winner)),
-                     key=lambda c: (macs_of(c), c.loss, c.arch_hash))
+    cheaper = sorted((c for c in feasible if cost_of(c) < cost_of(winner)),
+                     key=lambda c: (cost_of(c), c.loss, c.arch_hash))
     checked = 0
     for c in cheaper:
         if c.loss - winner.loss > SKIP_SE * se:
@@ -213,8 +233,9 @@ def cheapest_within_noise(per_image: PerImageFn, winner: Candidate, candidates: 
         checked += 1
         d = paired_difference(per_image(arch_of(c)).loss.numpy(), ref, "loss")
         if d.within_noise or d.estimate <= 0:
-            return {"arch_hash": c.arch_hash, "macs": macs_of(c), "target_params": c.target_params, "loss": c.loss,
-                    "score": c.score, "vs_winner_loss": d.to_json(), "checked": checked}
+            return {"arch_hash": c.arch_hash, "macs": macs_of(c), "target_params": c.target_params,
+                    "latency_ms": c.target_latency_ms, "loss": c.loss, "score": c.score,
+                    "vs_winner_loss": d.to_json(), "checked": checked}
     return {"arch_hash": None, "checked": checked, "stopped_at_max_checks": False}
 
 
@@ -252,8 +273,10 @@ def comparison_lines(r: Any) -> list[str]:
     if c is not None:
         if c.get("arch_hash"):
             d = c["vs_winner_loss"]
-            lines.append(f"  cheapest within noise of the winner (search loss, paired): {c['arch_hash']} "
-                         f"{human(c['macs'])} MACs, {human(c['target_params'])} params, loss {c['loss']:.4f} "
+            ms = c.get("latency_ms") if r.budget.latency is not None else None
+            lines.append(f"  {'fastest' if ms is not None else 'cheapest'} within noise of the winner (search loss, "
+                         f"paired): {c['arch_hash']} " + (f"{ms:.2f} ms (predicted), " if ms is not None else "")
+                         + f"{human(c['macs'])} MACs, {human(c['target_params'])} params, loss {c['loss']:.4f} "
                          f"({_diff(d, 1, '', 4)} vs the winner)")
         else:
             lines.append("  cheapest within noise of the winner (search loss, paired): none cheaper"
@@ -282,12 +305,15 @@ def table(r: Any) -> str:
     """The final table printed by ``nas search``."""
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
-    rows = [("", "arch", "target MACs", "params", "search top-1", "search loss", "val top-1"),
+    def ms(c: Candidate) -> tuple[str, ...]:  # the predicted latency, with a latency table
+        return () if r.budget.table is None else ("-" if c.target_latency_ms is None else f"{c.target_latency_ms:.2f} ms",)
+    rows = [("", "arch", "target MACs", "params", *(() if r.budget.table is None else ("latency (pred.)",)),
+             "search top-1", "search loss", "val top-1"),
             (f"winner ({r.searcher})", r.best.arch_hash, human(r.best.target_macs), human(r.best.target_params),
-             fmt(r.best.score), fmt(r.best.loss), fmt(r.val_score))]
+             *ms(r.best), fmt(r.best.score), fmt(r.best.loss), fmt(r.val_score))]
     if r.baseline is not None:
         rows.append((f"best of {r.baseline_evals} random", r.baseline.arch_hash, human(r.baseline.target_macs),
-                     human(r.baseline.target_params), fmt(r.baseline.score), fmt(r.baseline.loss),
+                     human(r.baseline.target_params), *ms(r.baseline), fmt(r.baseline.score), fmt(r.baseline.loss),
                      fmt(r.baseline_val_score)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"nas search {r.space.name}: {r.budget.describe()}, {r.searcher}; {len(r.candidates)} candidates "

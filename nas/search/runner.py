@@ -58,15 +58,19 @@ def search(space: str | Path, *, flops: str | None = None, params: str | None = 
            searcher: str | None = None, max_evals: int | None = None, top: int = 0, data: str | None = None,
            recipe: str | Path | None = None, search_recipe: str | Path | None = None,
            supernet: str | Path | None = None, storage: str | None = None, out: str | Path | None = None,
-           seed: int = 0, progress: bool = True, backend: Backend | None = None) -> SearchResult:
-    """Search ``space`` for the best arch within the budget (``flops``/``params``, else the space's own) and
-    export it into the run directory ``out``; see the module docstring. ``backend`` says where candidates are
-    scored (``nas.search.backend``: this process by default); the results are the same on every backend."""
+           seed: int = 0, progress: bool = True, backend: Backend | None = None, latency: str | None = None,
+           latency_table: str | Path | None = None) -> SearchResult:
+    """Search ``space`` for the best arch within the budget (``flops``/``params``/``latency``, else the space's
+    own) and export it into the run directory ``out``; see the module docstring. ``latency`` bounds the latency
+    that ``latency_table`` predicts (``nas latency-table``). ``backend`` says where candidates are scored
+    (``nas.search.backend``: this process by default); the results are the same on every backend."""
     t0 = time.perf_counter()
     backend = backend or Local()
     job = plan(space, flops=flops, params=params, budget_on=budget_on, searcher=searcher, max_evals=max_evals,
                top=top, data=data, recipe=recipe, search_recipe=search_recipe, supernet=supernet, storage=storage,
-               seed=seed, trains=backend.needs_supernet)
+               seed=seed, trains=backend.needs_supernet, latency=latency, latency_table=latency_table)
+    for warning in job.warnings:  # before the run directory: a user may stop here
+        print(f"nas: warning: {warning}", file=sys.stderr)
     run_dir = Path(out) if out is not None else job.default_out()
     from nas.train.rundir import RunLock, check_run_json, commit_run_json
     with RunLock(run_dir, activity="searching"), ExitStack() as stack:

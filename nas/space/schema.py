@@ -437,10 +437,14 @@ class Parser:
         return sorted(items)
 
     def provenance(self, n: Node) -> dict[str, Any]:
-        r = Reader(n, "provenance").allow("space", "space_hash", "budget_macs", "budget_params", "score")
+        r = Reader(n, "provenance").allow("space", "space_hash", "budget_macs", "budget_params", "budget_latency_ms",
+                                          "latency_ms", "latency_table", "score")
         out = {"space": r.take("space", text, None), "space_hash": r.take("space_hash", text, None),
                "budget_macs": r.take("budget_macs", integer(0), None),
                "budget_params": r.take("budget_params", integer(0), None),
+               "budget_latency_ms": r.take("budget_latency_ms", number(0.0), None),
+               "latency_ms": r.take("latency_ms", number(0.0), None),
+               "latency_table": r.take("latency_table", text, None),
                "score": r.take("score", number(float("-inf")), None)}
         r.done()
         return {k: v for k, v in out.items() if v is not None}

@@ -321,3 +321,11 @@ class SearchSpace:
     def extreme_archs(self) -> dict[str, Arch]:
         """An arch of the space attaining each bound of ``cost_bounds()``, under the same keys."""
         return {name: self.decode(vector) for name, (_, vector) in self._extreme_vectors().items()}
+
+    def latency_bounds(self, table: Any) -> dict[str, tuple[float, Arch]]:
+        """Exact ``min_latency`` and ``max_latency`` (ms) that ``table`` (``nas.latency.LatencyTable``) predicts
+        over the space, each with an arch attaining it, by the same walk as ``cost_bounds`` (the sum of the blocks,
+        plus the table's ``fixed_ms``): every block the space can produce is looked up, and ``table.ms`` raises on
+        the first one the table lacks."""
+        found = extremes(self._t, self._first, len(self.dims), latency=table)
+        return {name: (value + table.fixed_ms, self.decode(vector)) for name, (value, vector) in found.items()}

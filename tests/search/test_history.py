@@ -75,14 +75,14 @@ def insert_header(lines: list[str], _: int) -> None:
 
 
 DAMAGES = {  # what is done to line BAD (or line 1), the line reported, what the error says
-    "garbage text": (line("garbage text"), BAD, "1 column(s), expected 13"),
+    "garbage text": (line("garbage text"), BAD, "1 column(s), expected 14"),
     "duplicated header": (insert_header, BAD, "a second header line"),
     "no header": (line("score,loss", at=1), 1, "the first line is not the history header (arch_hash,"),
     "nan score": (field("score", lambda _: "nan"), BAD, "score 'nan' is not a finite number in [0, 1]"),
     "score above 1": (field("score", lambda _: "1.5"), BAD, "score '1.5' is not a finite number in [0, 1]"),
     "inf loss": (field("loss", lambda _: "inf"), BAD, "loss 'inf' is not a finite number"),
     "nan objective": (field("objective", lambda _: "nan"), BAD, "objective 'nan' is not a finite number"),
-    "wrong column count": (line("a,b,c,d,e,f,g,h,i,j,k,l"), BAD, "12 column(s), expected 13"),
+    "wrong column count": (line("a,b,c,d,e,f,g,h,i,j,k,l"), BAD, "12 column(s), expected 14"),
     "fractional macs": (field("macs", lambda v: v + ".5"), BAD, "macs '"),
     "vector too short": (field("vector", lambda v: v.rsplit("-", 1)[0]), BAD,
                          "vector has 4 entries, the space has 5 dimensions"),
@@ -132,7 +132,7 @@ def test_the_cli_exits_2_with_one_line(reference, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if "nas: error: " in x]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"nas: error: {out / 'history.csv'}:{bad}: 1 column(s), expected 13; "), err
+    assert lines[0].startswith(f"nas: error: {out / 'history.csv'}:{bad}: 1 column(s), expected 14; "), err
     assert (out / "history.csv").read_text() == text
     assert main(["viz", str(out), "--out", str(tmp_path / "viz")]) == 2           # the pictures too
     err = capsys.readouterr().err

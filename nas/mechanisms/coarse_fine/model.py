@@ -312,6 +312,29 @@ class CoarseFineViT(nn.Module):
         return logits
 
 
+class TokenizerWork(nn.Module):
+    """What a latency table times as this tokenizer (``nas.latency``): the work of both passes outside the body
+    and the head. img (B, C_in, H, W) -> the fine sequence (B, 1 + 4k + c^2 - k, C): the resize and coarse
+    embedding, the fine embedding, feature reuse, region selection and gathering (the body's outputs stand in as
+    the coarse embeddings)."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.model = CoarseFineViT(arch)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        small = F.interpolate(img, size=(m.coarse_px, m.coarse_px), mode="bilinear", align_corners=True)
+        embed = m.tokenizer.coarse(small)                                  # (B, 1 + c^2, C)
+        gca = embed[:, 1:, 0].float()                                      # (B, c^2) region scores
+        return m.fine_sequence(img, CoarseOut(embed[:, 0], embed, embed, gca))
+
+
+def latency_tokenizer(arch: Arch) -> TokenizerWork:
+    """The tokenizer's module for a latency table (``nas.latency.timing.block_module``)."""
+    return TokenizerWork(arch)
+
+
 def build_model(arch: Arch, drop_path: float = 0.0, options: CoarseFineTraining | None = None) -> CoarseFineViT:
     """The whole model of a coarse_fine arch (``nas.mechanisms.Tokenizer.builds_model``); ``options``: its
     recipe section (None: the paper's warm-up)."""
