@@ -190,8 +190,9 @@ def cmd_latency(args: argparse.Namespace) -> None:
     from nas.space import load_arch
     if args.weights and not Path(args.weights).is_file():
         raise NasError("no such weights file", file=args.weights)
-    table = load_table(args.table) if args.table else None  # a bad table fails before the timing
+    table = load_table(args.table) if args.table else None
     arch = load_arch(args.arch)
+    predicted = None if table is None else table.predict(arch)  # a table without the arch's blocks fails now
     if args.data and not arch.data_dependent:
         print(f"nas: note: --data is not used: {args.arch} does the same work on every image (timed on a random "
               "batch)", file=sys.stderr)
@@ -199,7 +200,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
                         args.seed, reps=args.reps, file=args.arch)
     info = r.to_dict()
     if table is not None:
-        info.update(predicted_ms=table.predict(arch), table=table.file)
+        info.update(predicted_ms=predicted, table=table.file)
     if args.json:
         print(json.dumps(info))
         return

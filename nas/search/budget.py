@@ -174,7 +174,7 @@ class Budget:
         if self.latency is not None and self._excess(self.latency, _needed(ms)) > 0:
             return False
         if self.on == "worst":
-            return self.admits(macs_max, params)
+            return self.admits(macs_max, params, ms)
         if self._excess(self.params, params) > 0:
             return False
         return self.macs is None or (macs_min <= self.macs[1] and macs_max >= self.macs[0])

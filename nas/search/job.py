@@ -134,16 +134,18 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
 
     # the budget against the target's exact reachable range (the lenient mean check while mean may apply)
     dd = data_dependent(target)
-    table = warning = None
+    table = None
     if latency_table is not None:
-        from nas.latency.table import check_environment, load_table
+        from nas.latency.table import load_table
         table = load_table(latency_table)
-        warning = check_environment(table)
     bud = Budget.resolve(flops, params, target.budget, budget_on or ("mean" if dd else "worst"), latency, table)
     bounds: dict[str, Any] = dict(target.cost_bounds())
     if table is not None:  # every block the space can produce, looked up: a table of another space fails here
         bounds.update({k: v for k, (v, _) in target.latency_bounds(table).items()})
     bud.check_reachable(bounds, where=space_file)
+    if table is not None:  # after the cheap checks: it imports torch
+        from nas.latency.table import check_environment
+        warning = check_environment(table)
 
     # the supernet's space: a trained run's, or the training recipe's (its overrides define a proxy)
     job = SearchJob(space_file, target, srec, bud, ProxyMap(target, target), data or "builtin", seed, top, storage,
@@ -169,7 +171,7 @@ def plan(space: str | Path, *, flops: str | None = None, params: str | None = No
     _check_feasible(job)
     job.proxy = ProxyMap(target, trained)
     job.notes = _notes(job, budget_on, recipe is None)
-    job.warnings = [warning] if warning else []
+    job.warnings = [warning] if table is not None and warning else []
     return job
 
 
