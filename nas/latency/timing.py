@@ -1,9 +1,10 @@
 """Timing on the device: whole models (``measure_latency``, ``nas latency``) and the blocks of a table
 (``make_table``, ``nas latency-table``).
 
-Protocol (both): eval mode, ``torch.inference_mode``, ``warmup`` untimed calls, then ``reps`` timed calls, each
-waited for (``torch.cuda.synchronize`` on a GPU), on the thread count asked for; the figure is the median, the
-spread the quartiles.
+Protocol (both): eval mode, ``torch.inference_mode``, untimed warm-up calls, then timed calls, each waited for
+(``torch.cuda.synchronize`` on a GPU), on the thread count asked for; the figure is the median, the spread the
+quartiles. A table spreads its timed calls over ``rounds`` passes over every block and calibration arch, so that a
+slow spell of the machine (seconds to minutes on a shared VM) weighs on all of them alike.
 
 A block is timed in a rotation of independent copies whose weights together are as large as a typical arch
 of the space (``flush_mb``): in a whole forward each block's weights were last touched a whole forward ago, so
@@ -209,8 +210,13 @@ def block_module(b: Block, batch: int) -> tuple[nn.Module, torch.Tensor]:
         from nas.mechanisms import tokenizer
         from nas.models.vit import build_tokenizer
         arch = tokenizer_arch(b)
-        hooks = tokenizer(arch.tokenizer).hooks()
-        make = getattr(hooks, "latency_tokenizer", build_tokenizer)  # a tokenizer that builds its model: its own
+        mech = tokenizer(arch.tokenizer)
+        make = build_tokenizer
+        if mech.builds_model:  # a tokenizer that builds its own model names the module to time
+            make = getattr(mech.hooks(), "latency_tokenizer", None)
+            if make is None:
+                raise NasError(f"the {mech.name} tokenizer builds its own model and its model module defines no "
+                               "latency_tokenizer(arch): a latency table cannot time it (docs/adding-a-mechanism.md)")
         return make(arch).eval(), torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size)
     if b.kind in ("layer", "reduce"):
         return _Layer(b, batch).eval(), torch.randn(batch, b.get("tokens"), b.get("dim"))
