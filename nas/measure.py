@@ -24,7 +24,7 @@ from nas.errors import NasError
 if TYPE_CHECKING:
     from nas.arch import Arch
 
-__all__ = ["MeasuredCost", "measure_cost", "measure_arch", "batch_macs"]
+__all__ = ["MeasuredCost", "measure_cost", "measure_arch", "batch_macs", "seeded_model"]
 
 
 @dataclass(frozen=True)
@@ -97,30 +97,38 @@ def measure_cost(model: nn.Module, loader: Iterable[Any], max_batches: int | Non
     return MeasuredCost(macs_mean=total / count, macs_worst=worst, macs_best=best, images=count)
 
 
+def seeded_model(arch: "Arch", seed: int = 0, weights: str | None = None, file: str | None = None) -> nn.Module:
+    """``arch``'s model with ``weights`` from a safetensors file, else seeded random init; its size checked
+    (``nas.limits.check_model_size``) before it is built and ``weights`` against it before loading (``nas.weights``);
+    ``file`` (the arch file) is named in errors."""
+    from nas.cost import cost
+    from nas.limits import check_model_size
+    from nas.models import build_model
+
+    c = cost(arch)
+    check_model_size(c.macs, c.params, "the arch", file=file)
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    if weights is not None:
+        from nas.weights import load_weights
+        load_weights(weights, model)
+    return model
+
+
 def measure_arch(arch: "Arch", data: str, images: int = 256, seed: int = 0, weights: str | None = None,
                  batch_size: int = 32, file: str | None = None) -> dict[str, float | int]:
     """Build ``arch`` (with ``weights`` from a safetensors file, else seeded random init) and measure its
     executed MACs per image over ``images`` images of the evaluation split of ``data`` (``nas flops --data``).
 
     Without trained weights the sampling decisions (ATS, CF-ViT's early exit) are those of an untrained
-    model: the numbers are honest measurements of that model, not of a trained one. The model's size is
-    checked (``nas.limits.check_model_size``) before it is built, and ``weights`` against it before loading
-    (``nas.weights``); ``file`` (the arch file) is named in errors.
+    model: the numbers are honest measurements of that model, not of a trained one. The model comes from
+    ``seeded_model`` (size and weights checked; ``file`` named in errors).
     """
-    from nas.cost import cost
     from nas.data import load_data, make_loader
-    from nas.limits import check_model_size
-    from nas.models import build_model
-    from nas.weights import load_weights
 
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise NasError(f"images: expected an integer >= 1 (how many images to measure over), got {images!r}")
-    c = cost(arch)
-    check_model_size(c.macs, c.params, "the arch", file=file)
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    if weights is not None:
-        load_weights(weights, model)
+    model = seeded_model(arch, seed, weights, file)
     splits = load_data(data, arch.img_size, arch.in_chans, seed=seed, limit={"val": images})
     loader = make_loader(splits.val, batch_size=batch_size, shuffle=False, seed=seed)
     m = measure_cost(model, loader)

@@ -102,8 +102,9 @@ def test_cost_imports_no_model():
 LAYERS: list[tuple[str, ...]] = [
     ("nas.errors", "nas.atomic", "nas.limits", "nas.stats", "nas.shipped"),
     # torch-free descriptions and configs: archs, shapes, cost, spaces, recipes, run-directory metadata
-    ("nas.mechanisms", "nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir"),
-    ("nas.models", "nas.weights", "nas.data", "nas.measure"),
+    ("nas.mechanisms", "nas.arch", "nas.shapes", "nas.cost", "nas.space", "nas.train.recipe", "nas.train.rundir",
+     "nas.latency.blocks", "nas.latency.table"),
+    ("nas.models", "nas.weights", "nas.data", "nas.measure", "nas.latency"),
     ("nas.supernet",),
     ("nas.train",),
     ("nas.export", "nas.viz"),

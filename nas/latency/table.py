@@ -207,10 +207,14 @@ def check_environment(table: LatencyTable) -> str | None:
 
 def environment(device: str, threads: int, batch: int) -> dict[str, Any]:
     """This process's environment as a table records it (imports torch and timm for their versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import timm
     import torch
-
-    from nas import __version__
+    try:
+        ours = version("nas")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        ours = "unknown"
     return {"device": device, "machine": machine_name(device), "threads": threads, "batch": batch,
-            "torch": torch.__version__, "timm": timm.__version__, "nas": __version__,
+            "torch": torch.__version__, "timm": timm.__version__, "nas": ours,
             "python": ".".join(map(str, sys.version_info[:3]))}

@@ -120,22 +120,13 @@ def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: in
     """Milliseconds per forward of ``batch`` images through the built model of ``arch`` (see the module
     docstring). A data-dependent arch is timed on ``images`` images of the evaluation split of ``data``
     (default builtin); a static one on a seeded random batch (``data`` is not needed and not used)."""
-    from nas.cost import cost
-    from nas.limits import check_model_size
-    from nas.models import build_model
+    from nas.measure import seeded_model
 
     dev = check_device(device)
     for name, v in (("--batch", batch), ("--images", images), ("reps", reps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise NasError(f"{name}: expected an integer >= 1, got {v!r}")
-    c = cost(arch)
-    check_model_size(c.macs, c.params, "the arch", file=file)
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    if weights is not None:
-        from nas.weights import load_weights
-        load_weights(weights, model)
-    model = model.eval().to(dev)
+    model = seeded_model(arch, seed, weights, file).eval().to(dev)
     with threads_set(threads) as n:
         env = environment(device, n, batch)
         if not arch.data_dependent:

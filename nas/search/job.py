@@ -231,9 +231,9 @@ def _training(job: SearchJob, recipe: str | Path | None, trains: bool) -> tuple[
 
 def _notes(job: SearchJob, budget_on: str | None, default_recipe: bool) -> list[str]:
     on = job.budget.on
-    notes = [f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
-                                       budget_on is None and on == "mean" else
-                                       " (default)" if budget_on is None else "")]
+    notes = [] if job.budget.macs is None else [  # no MACs bound (params or latency only): nothing to say
+        f"budget on {on} MACs" + (" (default: data-dependent archs, supernet at target scale)" if
+                                  budget_on is None and on == "mean" else " (default)" if budget_on is None else "")]
     if job.trains:
         rc = job.training
         notes.append(f"supernet recipe {_shown(rc.file) if rc.file else 'the PSViT paper defaults'}"
