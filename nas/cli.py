@@ -227,11 +227,17 @@ def cmd_latency_table(args: argparse.Namespace) -> None:
                                            / f"{space.name}-{args.device}-b{args.batch}-t{threads}.json")
     check_folder(out.parent)
     t = make_table(args.space, out, args.device, args.batch, threads, args.calibrate, args.rounds, args.reps,
-                   args.seed)
+                   args.seed, check=args.check)
     bounds = space.latency_bounds(t)
     lo, hi = bounds["min_latency"][0], bounds["max_latency"][0]
     print(f"{out}: {len(t.entries)} blocks of {space.name}, {t.describe()}; fixed {t.fixed_ms:+.2f} ms per forward "
           f"(from {len(t.calibration)} whole archs); predicted range {lo:.2f} .. {hi:.2f} ms")
+    if t.check:
+        from nas.latency.table import check_summary
+        c = check_summary(t.check)
+        print(f"  checked on {c['archs']} other archs timed whole in the same rounds: |error| median "
+              f"{c['median_abs_error']:.1%}, 90th percentile {c['p90_abs_error']:.1%}, mean error {c['mean_error']:+.1%}"
+              + (f", Spearman rho {c['spearman']:.2f}" if "spearman" in c else ""))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -461,8 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's, all cores)")
     lt.add_argument("--out", type=path_arg, help="the table file (default runs/latency/<space>-<device>-b<batch>-"
                     "t<threads>.json); re-running on it resumes")
-    lt.add_argument("--calibrate", type=int_in(0, 1000), default=5, help="whole archs timed to measure the time "
-                    "outside the blocks (default 5)")
+    lt.add_argument("--calibrate", type=int_in(0, 1000), default=20, help="whole archs timed to measure the time "
+                    "outside the blocks (default 20)")
+    lt.add_argument("--check", type=int_in(0, 1000), default=0, help="this many more archs timed whole in the same "
+                    "rounds, to report the table's error on archs it was not calibrated on (default 0)")
     lt.add_argument("--rounds", type=int_in(1, 100), default=4, help="passes over the blocks the timed runs are "
                     "spread over (default 4)")
     lt.add_argument("--reps", type=int_in(1, 100000), default=40, help="timed runs of each block in all (default 40)")

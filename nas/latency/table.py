@@ -6,7 +6,7 @@ few whole archs timed when the table is made, of measured minus summed. The tabl
 
     {"format": "nas-latency-table/1", "space": ..., "space_hash": ..., "environment": {device, machine,
      threads, batch, torch, timm, nas, python}, "protocol": {...}, "fixed_ms": ..., "calibration": [...],
-     "blocks": [{"block": {"kind": "layer", ...}, "ms": median, "q1": ..., "q3": ...}, ...]}
+     "check": [...], "blocks": [{"block": {"kind": "layer", ...}, "ms": median, "q1": ..., "q3": ...}, ...]}
 
 It predicts latency for the ``environment`` it was made in; ``differences`` names what differs from another one
 (the search warns, in one line, and goes on). Nothing here imports torch.
@@ -57,6 +57,7 @@ class LatencyTable:
     space_hash: str = ""
     protocol: dict[str, Any] = field(default_factory=dict)
     calibration: list[dict[str, Any]] = field(default_factory=list)
+    check: list[dict[str, Any]] = field(default_factory=list)
     file: str | None = None
 
     @property
@@ -106,7 +107,7 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": TABLE_FORMAT, "space": self.space, "space_hash": self.space_hash,
                 "environment": self.environment, "protocol": self.protocol, "fixed_ms": self.fixed_ms,
-                "calibration": self.calibration,
+                "calibration": self.calibration, "check": self.check,
                 "blocks": [{"block": b.to_dict(), **t.to_dict()} for b, t in self.entries.items()]}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -115,6 +116,20 @@ class LatencyTable:
         atomic_write(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
         self.file = str(path)
         return path
+
+
+def check_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Median, 90th percentile and mean (bias) of the relative error (predicted - measured) / measured over the
+    ``check`` rows of a table, and Spearman's rho of predicted against measured (needs 3 rows)."""
+    import statistics
+    err = [(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
+    out = {"archs": len(err), "median_abs_error": statistics.median(abs(e) for e in err),
+           "p90_abs_error": statistics.quantiles([abs(e) for e in err], n=10, method="inclusive")[-1]
+           if len(err) > 1 else abs(err[0]), "mean_error": statistics.fmean(err)}
+    if len(rows) >= 3:
+        from scipy.stats import spearmanr
+        out["spearman"] = float(spearmanr([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])[0])
+    return out
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
@@ -163,7 +178,7 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
             raise bad(f"{key}.block", f"each block once; {b} is also in an earlier row")
         entries[b] = Timing(float(row["ms"]), float(row["q1"]), float(row["q3"]), int(row["runs"]))
     return LatencyTable(env, entries, float(d["fixed_ms"]), str(d.get("space", "")), str(d.get("space_hash", "")),
-                        d.get("protocol") or {}, d.get("calibration") or [], where)
+                        d.get("protocol") or {}, d.get("calibration") or [], d.get("check") or [], where)
 
 
 def _ms(x: Any, signed: bool = False) -> bool:

@@ -10,7 +10,9 @@ A block is timed in a rotation of independent copies whose weights together are 
 of the space (``flush_mb``): in a whole forward each block's weights were last touched a whole forward ago, so
 timing one copy again and again (its weights always in cache) would make every block look faster than it runs
 inside a model. What the blocks do not cover (the model's own Python between them) is ``fixed_ms``: the median,
-over ``calibrate`` archs of the space timed whole, of measured minus summed.
+over ``calibrate`` archs of the space timed whole, of measured minus summed (each model built afresh for its
+turn, as ``nas latency`` times one model in a process: one that holds many models that have run is measurably
+slower on each).
 
 Data-dependent archs (ATS, CF-ViT) do work that depends on the image: ``measure_latency`` times them on real
 images of ``data``, batch by batch, and reports the mean over batches. A table times them at their worst case
@@ -36,10 +38,12 @@ from nas.arch import Arch, Pooling, Stage
 from nas.errors import NasError
 from nas.latency.blocks import Block, arch_blocks
 from nas.latency.table import DEVICES, LatencyTable, Timing, environment
+from nas.measure import seeded_model
 
 WARMUP, REPS = 10, 50                 # a whole model
 BLOCK_WARMUP, BLOCK_REPS = 3, 40      # one block (or a calibration arch) in a table, in each round / in all
 ROUNDS = 4                            # passes over a table's blocks
+CALIBRATE = 20                        # whole archs a table measures its fixed time on
 DATA_REPS = 3                         # timed runs per batch of images (data-dependent archs)
 
 
@@ -120,8 +124,6 @@ def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: in
     """Milliseconds per forward of ``batch`` images through the built model of ``arch`` (see the module
     docstring). A data-dependent arch is timed on ``images`` images of the evaluation split of ``data``
     (default builtin); a static one on a seeded random batch (``data`` is not needed and not used)."""
-    from nas.measure import seeded_model
-
     dev = check_device(device)
     for name, v in (("--batch", batch), ("--images", images), ("reps", reps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -252,14 +254,16 @@ def space_blocks(space: Any) -> list[Block]:
 
 
 def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", batch: int = 1,
-               threads: int | None = None, calibrate: int = 5, rounds: int = ROUNDS, reps: int = BLOCK_REPS,
-               seed: int = 0, progress: bool = True) -> LatencyTable:
+               threads: int | None = None, calibrate: int = CALIBRATE, rounds: int = ROUNDS, reps: int = BLOCK_REPS,
+               seed: int = 0, progress: bool = True, check: int = 0) -> LatencyTable:
     """Time every block of the space (``space_blocks``) and ``calibrate`` whole archs of it, and write the table
     to ``out``. The timings are spread over ``rounds`` passes over all of them (``reps`` runs of each block in
     all, a share per pass), so that a slow spell of the machine weighs on every block alike rather than on the
-    few timed during it. Resumable: each pass's timing of each block is appended to ``<out>.partial`` as it is
-    made, and a rerun with the same settings on the same environment keeps them (other settings start over); the
-    table replaces ``out`` whole."""
+    few timed during it. ``check`` more archs (drawn after the calibration archs) are timed whole in the same
+    passes and predicted by the finished table, their figures kept in ``table.check``: the table's error on archs
+    it was not calibrated on, under the same conditions. Resumable: each pass's timing of each block is appended
+    to ``<out>.partial`` as it is made, and a rerun with the same settings on the same environment keeps them
+    (other settings start over); the table replaces ``out`` whole."""
     from tqdm import tqdm
 
     from nas.space import load_space, sample_distinct
@@ -268,11 +272,13 @@ def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", bat
     for name, v in (("--batch", batch), ("--reps", reps), ("--rounds", rounds)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise NasError(f"{name}: expected an integer >= 1, got {v!r}")
-    if isinstance(calibrate, bool) or not isinstance(calibrate, int) or calibrate < 0:
-        raise NasError(f"--calibrate: expected an integer >= 0, got {calibrate!r}")
+    for name, v in (("--calibrate", calibrate), ("--check", check)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise NasError(f"{name}: expected an integer >= 0, got {v!r}")
     space = load_space(space_file)
     blocks = space_blocks(space)
-    archs = list(sample_distinct(space, min(calibrate, space.size()), seed)) if calibrate else []
+    drawn = min(calibrate + check, space.size())
+    archs = list(sample_distinct(space, drawn, seed)) if drawn else []
     bounds = space.cost_bounds()
     flush_mb = 4 * (bounds["min_params"] + bounds["max_params"]) / 2 / 2**20  # float32 weights of a middle arch
     per_round = max(1, math.ceil(reps / rounds))
@@ -280,15 +286,14 @@ def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", bat
         env = environment(device, n, batch)
         protocol = {"rounds": rounds, "block_warmup": BLOCK_WARMUP, "block_reps": per_round * rounds,
                     "flush_mb": round(flush_mb, 1), "warmup": BLOCK_WARMUP, "reps": per_round * rounds,
-                    "calibrate": len(archs), "seed": seed}
+                    "calibrate": min(calibrate, len(archs)), "check": max(0, len(archs) - calibrate), "seed": seed}
         partial = _Partial(Path(str(out) + ".partial"), {"space_hash": space.hash, "environment": env,
                                                           "protocol": protocol})
-        models = {}  # calibration archs' models, built once
         bar = tqdm(total=rounds * (len(blocks) + len(archs)), desc="latency table", unit="timing",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for r in range(rounds):
             for key, make in [*((b.key(), lambda b=b: block_calls(b, dev, batch, flush_mb)) for b in blocks),
-                              *((f"arch:{a.hash()}", lambda a=a: _model_calls(a, dev, batch, seed, models))
+                              *((f"arch:{a.hash()}", lambda a=a: model_calls(a, dev, batch, seed))
                                 for a in archs)]:
                 if f"{r}|{key}" not in partial.done:
                     partial.add(f"{r}|{key}", raw_times(make(), dev, BLOCK_WARMUP, per_round))
@@ -298,25 +303,25 @@ def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", bat
         return _timing([t for r in range(rounds) for t in partial.done[f"{r}|{key}"]])
 
     table = LatencyTable(env, {b: timing(b.key()) for b in blocks}, 0.0, space.name, space.hash, protocol)
-    for a in archs:
-        table.calibration.append({"arch": a.hash(), "measured_ms": timing(f"arch:{a.hash()}").ms,
-                                  "blocks_ms": table.ms(arch_blocks(a))})
+    rows = [{"arch": a.hash(), "measured_ms": timing(f"arch:{a.hash()}").ms, "blocks_ms": table.ms(arch_blocks(a)),
+             "rounds_ms": [statistics.median(partial.done[f"{r}|arch:{a.hash()}"]) for r in range(rounds)]}
+            for a in archs]
+    table.calibration, table.check = rows[:calibrate], rows[calibrate:]
     if table.calibration:
         table.fixed_ms = statistics.median(c["measured_ms"] - c["blocks_ms"] for c in table.calibration)
+    for c in table.check:
+        c["predicted_ms"] = table.fixed_ms + c["blocks_ms"]
     table.save(out)
     partial.path.unlink(missing_ok=True)
     return table
 
 
-def _model_calls(arch: Arch, device: torch.device, batch: int, seed: int,
-                 models: dict[str, Any]) -> list[Callable[[], Any]]:
-    """The call of ``arch``'s whole model on a seeded random batch (the model built once, kept in ``models``)."""
-    from nas.models import build_model
-    if arch.hash() not in models:
-        torch.manual_seed(seed)
-        x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size).to(device)
-        models[arch.hash()] = (build_model(arch).eval().to(device), x)
-    model, x = models[arch.hash()]
+def model_calls(arch: Arch, device: torch.device, batch: int, seed: int) -> list[Callable[[], Any]]:
+    """The call of ``arch``'s whole model on a seeded random batch, built afresh (and freed once timed): a
+    process holding many models that have run is measurably slower on each of them than one holding one."""
+    model = seeded_model(arch, seed).eval().to(device)
+    x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size,
+                    generator=torch.Generator().manual_seed(seed)).to(device)
     return [lambda: model(x)]
 
 
