@@ -2,12 +2,13 @@
 
 Makes the table of ``--space`` (``nas latency-table``) with ``--archs`` held-out archs (``--check``: drawn after
 the table's calibration archs, never used to calibrate it) timed whole in the same interleaved rounds as the
-blocks, so that table and measurements see the same machine, and compares:
+blocks, so that table and measurements see the same machine, and compares (an arch's measured latency is, like a
+block's in the table, the median of its fastest round: other jobs slow whole rounds down, never speed one up):
 
 - the predictor's relative error (predicted - measured) / measured: median and 90th percentile of its absolute
   value, each with a bootstrap 95% CI over the archs, and its mean (the bias);
-- the noise floor: the median relative difference between an arch's even and odd rounds, how far two
-  measurements of one arch disagree, so how small an error can be;
+- the noise floor: the median relative difference between an arch measured on its even and on its odd rounds,
+  how far two measurements of one arch disagree, so how small an error can be;
 - ranking: Spearman rho of predicted against measured latency with its bootstrap CI, next to the rho of MACs
   alone (the proxy the table replaces) on the same archs.
 
@@ -95,7 +96,7 @@ def main() -> int:
                         model_calls(by_hash[c["arch"]], dev, args.batch, 0), dev, 3, per_round)))
                 print(f"  round {r + 1}/{args.rounds} ({time.time() - t0:.0f} s)", file=sys.stderr)
             for c in rows:
-                c["measured_ms"] = statistics.median(c["rounds_ms"])
+                c["measured_ms"] = min(c["rounds_ms"])  # the fastest round's median, as the table keeps
         else:
             out = ROOT / "runs" / "latency" / f"{space.name}-{args.device}-b{args.batch}-t{args.threads}-check.json"
             table = make_table(args.space, out, args.device, args.batch, args.threads, rounds=args.rounds,
@@ -106,8 +107,8 @@ def main() -> int:
 
     measured = np.array([c["measured_ms"] for c in rows])
     predicted = np.array([c["predicted_ms"] for c in rows])
-    even = np.array([statistics.median(c["rounds_ms"][0::2]) for c in rows])
-    odd = np.array([statistics.median(c["rounds_ms"][1::2]) for c in rows])
+    even = np.array([min(c["rounds_ms"][0::2]) for c in rows])   # two measurements of each arch, as the table's
+    odd = np.array([min(c["rounds_ms"][1::2]) for c in rows])    # (fastest round), from disjoint rounds
     macs = np.array([cost(by_hash[c["arch"]]).macs for c in rows], dtype=float)
     err = (predicted - measured) / measured
     noise = np.abs(even - odd) / ((even + odd) / 2)
@@ -121,8 +122,8 @@ def main() -> int:
     print(f"latency predictor, {space.name}: {len(rows)} held-out archs {when}; {table.describe()}; table "
           f"{table.file} ({len(table.entries)} blocks, fixed {table.fixed_ms:+.2f} ms from "
           f"{len(table.calibration)} archs); {time.time() - t0:.0f} s")
-    print(f"  measured   {measured.min():.1f} .. {measured.max():.1f} ms (median of {args.reps} runs over "
-          f"{args.rounds} interleaved rounds)")
+    print(f"  measured   {measured.min():.1f} .. {measured.max():.1f} ms (the median of the fastest of {args.rounds} "
+          f"interleaved rounds, {args.reps} runs in all)")
     print(f"  |error|    median {med:.1%} [{med_ci[0]:.1%}, {med_ci[1]:.1%}], p90 {p90:.1%} "
           f"[{p90_ci[0]:.1%}, {p90_ci[1]:.1%}], max {np.abs(err).max():.1%}; mean error {err.mean():+.1%} (bias)")
     print(f"  noise      even vs odd rounds of one arch: median {np.median(noise):.1%}, p90 "
