@@ -132,8 +132,8 @@ def main() -> int:
     print(f"  target     median |error| <= {TARGET:.0%}: {'met' if med <= TARGET else 'NOT met'}")
 
     png = Path(args.png or ROOT / "docs" / "img" / f"latency_{tag}.png")
-    _plot(png, measured, predicted, f"{space.name}: {len(rows)} held-out archs, {table.describe()}\n"
-          f"{when}: median |error| {med:.1%}, p90 {p90:.1%}, Spearman {rho.value:.2f}")
+    _plot(png, measured, predicted, f"{space.name}: {len(rows)} held-out archs, {when}\n{table.describe()}\n"
+          f"median |error| {med:.1%}, p90 {p90:.1%}, Spearman {rho.value:.2f}")
     out_json = Path(args.json or ROOT / "docs" / "evidence" / f"latency_{tag}.json")
     atomic_write(out_json, (json.dumps({
         "space": space.name, "environment": table.environment, "table": str(table.file), "later": later,
@@ -151,13 +151,14 @@ def _plot(path: Path, measured: np.ndarray, predicted: np.ndarray, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5.6, 5.6))
     lo, hi = min(measured.min(), predicted.min()) * 0.9, max(measured.max(), predicted.max()) * 1.1
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="within 10%")
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = measured")
     ax.scatter(measured, predicted, s=14)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (ms, median)", ylabel="predicted (ms, table)")
-    ax.set_title(title, fontsize=8)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (ms: median of the fastest round)",
+           ylabel="predicted (ms: the table's fixed time + its blocks)")
+    ax.set_title(title, fontsize=7.5)
     ax.legend(fontsize=8, loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
