@@ -210,6 +210,9 @@ def cmd_latency(args: argparse.Namespace) -> None:
            if r.data is not None else f"median of {r.runs} runs, quartiles {r.q1:.2f} .. {r.q3:.2f} ms")
     print(f"{args.arch}: {r.ms:.2f} ms per forward of batch {e['batch']} on {e['device']} ({e['machine']}), "
           f"{e['threads']} threads, torch {e['torch']}: {how}")
+    if r.data is None and (r.q3 - r.q1) > 0.1 * r.ms:
+        print(f"  note: the runs spread by {(r.q3 - r.q1) / r.ms:.0%} of the median (quartiles): something else was "
+              "using the machine; measure again when it is quiet")
     if table is not None:
         print(f"  predicted {info['predicted_ms']:.2f} ms by {table.file} ({table.describe()}), "
               f"{(info['predicted_ms'] - r.ms) / r.ms:+.1%}" + (" (the worst case: every token kept, both passes)"
