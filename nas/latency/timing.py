@@ -50,7 +50,7 @@ DATA_REPS = 3                         # timed runs per batch of images (data-dep
 
 
 @dataclass(frozen=True)
-class Latency:
+class MeasuredLatency:
     """Measured milliseconds per forward of ``batch`` images: median and quartiles over timed runs (a
     data-dependent arch: the mean over ``images`` images of ``data`` of each batch's median, and the quartiles
     and the largest of the batch medians)."""
@@ -122,7 +122,7 @@ def _timing(times: list[float]) -> Timing:
 # --- whole models -------------------------------------------------------------------------------------------
 def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: int | None = None,
                     data: str | None = None, images: int = 64, weights: str | None = None, seed: int = 0,
-                    warmup: int = WARMUP, reps: int = REPS, file: str | None = None) -> Latency:
+                    warmup: int = WARMUP, reps: int = REPS, file: str | None = None) -> MeasuredLatency:
     """Milliseconds per forward of ``batch`` images through the built model of ``arch`` (see the module
     docstring). A data-dependent arch is timed on ``images`` images of the evaluation split of ``data``
     (default builtin); a static one on a seeded random batch (``data`` is not needed and not used)."""
@@ -137,7 +137,7 @@ def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: in
             x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator()
                             .manual_seed(seed)).to(dev)
             t = time_calls([lambda: model(x)], dev, warmup, reps)
-            return Latency(t.ms, t.q1, t.q3, t.runs, env)
+            return MeasuredLatency(t.ms, t.q1, t.q3, t.runs, env)
         from nas.data import load_data, make_loader
         data = data or "builtin"
         splits = load_data(data, arch.img_size, arch.in_chans, seed=seed, limit={"val": images})
@@ -148,8 +148,8 @@ def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: in
         time_calls([lambda: model(batches[0])], dev, warmup, 1)
         per_batch = [time_calls([lambda b=b: model(b)], dev, 1, DATA_REPS).ms for b in batches]
         t = _timing(per_batch)
-        return Latency(statistics.fmean(per_batch), t.q1, t.q3, len(per_batch) * DATA_REPS, env, data,
-                       len(batches) * batch, max(per_batch))
+        return MeasuredLatency(statistics.fmean(per_batch), t.q1, t.q3, len(per_batch) * DATA_REPS, env, data,
+                               len(batches) * batch, max(per_batch))
 
 
 # --- blocks -------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ OBJECTIVES = ("min_macs", "max_macs", "min_params", "max_params")
 LATENCY_OBJECTIVES = ("min_latency", "max_latency")
 
 
-class Latency(Protocol):
+class BlockTimes(Protocol):
     """A predictor that sums a time per block (``nas.latency.LatencyTable``)."""
 
     def ms(self, blocks: list[Block]) -> float: ...
@@ -104,7 +104,7 @@ def _keep(table: dict[State, Best], state: State, cand: Best) -> None:
 
 
 def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int, float], float], memo: dict[tuple, Any],
-              lat: Latency | None) -> Best:
+              lat: BlockTimes | None) -> Best:
     """Best (by ``score(macs, params, ms)``, smallest) arch of the chain given the global values ``g``; ``memo``
     caches the cost terms of ``g`` across objectives; ``lat`` times the blocks (None: no latency)."""
     t = chain.t
@@ -175,7 +175,7 @@ def _optimise(chain: _Chain, g: dict[str, Any], score: Callable[[int, int, float
 
 
 def extremes(t: dict[str, Any], index: dict[int, int], n_dims: int,
-             latency: Latency | None = None) -> dict[str, tuple[Any, list[int]]]:
+             latency: BlockTimes | None = None) -> dict[str, tuple[Any, list[int]]]:
     """{objective: (value, flat vector of an arch attaining it)} for the four ``OBJECTIVES``, or with a
     ``latency`` predictor for the two ``LATENCY_OBJECTIVES`` (milliseconds).
 
