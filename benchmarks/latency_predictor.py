@@ -73,7 +73,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=60, help="timed runs of each block and arch in all (default 60)")
     ap.add_argument("--burn-in", type=float, default=15.0)
     ap.add_argument("--png", default=None, help="default docs/img/latency_<space>_<device>_b<B>_t<T>[_later].png")
-    ap.add_argument("--json", default=None, help="default docs/evidence/latency_<space>_<device>_b<B>_t<T>[_later].json")
+    ap.add_argument("--json", default=None,
+                    help="default docs/evidence/latency_<space>_<device>_b<B>_t<T>[_later].json")
     args = ap.parse_args()
     dev = check_device(args.device)
     space = load_space(args.space)

@@ -205,9 +205,10 @@ def cmd_latency(args: argparse.Namespace) -> None:
         print(json.dumps(info))
         return
     e = r.environment
-    how = (f"mean over {r.images} images of {r.data} of each batch's median of {r.runs // max(1, r.images // e['batch'])} "
-           f"runs (quartiles of the batches {r.q1:.2f} .. {r.q3:.2f} ms, slowest {r.worst_ms:.2f} ms)"
-           if r.data is not None else f"median of {r.runs} runs, quartiles {r.q1:.2f} .. {r.q3:.2f} ms")
+    per_batch = r.runs // max(1, r.images // e["batch"])
+    how = (f"mean over {r.images} images of {r.data} of each batch's median of {per_batch} runs (quartiles of the "
+           f"batches {r.q1:.2f} .. {r.q3:.2f} ms, slowest {r.worst_ms:.2f} ms)" if r.data is not None
+           else f"median of {r.runs} runs, quartiles {r.q1:.2f} .. {r.q3:.2f} ms")
     print(f"{args.arch}: {r.ms:.2f} ms per forward of batch {e['batch']} on {e['device']} ({e['machine']}), "
           f"{e['threads']} threads, torch {e['torch']}: {how}")
     if r.data is None and (r.q3 - r.q1) > 0.1 * r.ms:
@@ -239,7 +240,8 @@ def cmd_latency_table(args: argparse.Namespace) -> None:
         from nas.latency.table import check_summary
         c = check_summary(t.check)
         print(f"  checked on {c['archs']} other archs timed whole in the same rounds: |error| median "
-              f"{c['median_abs_error']:.1%}, 90th percentile {c['p90_abs_error']:.1%}, mean error {c['mean_error']:+.1%}"
+              f"{c['median_abs_error']:.1%}, 90th percentile {c['p90_abs_error']:.1%}, mean error "
+              f"{c['mean_error']:+.1%}"
               + (f", Spearman rho {c['spearman']:.2f}" if "spearman" in c else ""))
 
 

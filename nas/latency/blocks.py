@@ -56,8 +56,9 @@ class Block:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def __str__(self) -> str:
-        shown = ", ".join(f"{k}={json.dumps(_plain(v), sort_keys=True, separators=(',', ':')) if isinstance(v, tuple) else v}"
-                          for k, v in self.fields)
+        def text(v: Any) -> str:
+            return json.dumps(_plain(v), sort_keys=True, separators=(",", ":")) if isinstance(v, tuple) else str(v)
+        shown = ", ".join(f"{k}={text(v)}" for k, v in self.fields)
         return f"{self.kind}({shown})"
 
 

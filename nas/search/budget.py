@@ -2,10 +2,10 @@
 
 ``--flops 1.3G`` bounds MACs from above, ``--flops 1.15G:1.3G`` is a band; ``--params 6M`` and
 ``--params 5M:6M`` likewise, and ``--latency 8ms`` / ``--latency 6ms:8ms`` on the latency that a table made
-on the target device predicts (``--latency-table FILE``, ``nas.latency``). Without flags the space's own ``budget:`` applies (an upper bound). MACs are
-``Cost.macs`` (the worst case of a data-dependent arch) when ``on == "worst"``, and the mean MACs per image
-measured on the search split with the inherited weights when ``on == "mean"`` (how the ATS and CF-ViT
-papers report their costs). Parameters never depend on the data.
+on the target device predicts (``--latency-table FILE``, ``nas.latency``). Without flags the space's own
+``budget:`` applies (an upper bound). MACs are ``Cost.macs`` (the worst case of a data-dependent arch) when
+``on == "worst"``, and the mean MACs per image measured on the search split with the inherited weights when
+``on == "mean"`` (how the ATS and CF-ViT papers report their costs). Parameters never depend on the data.
 
 ``Budget.check_reachable`` compares the budget with the exact range of the target space
 (``SearchSpace.cost_bounds``) and raises a one-line ``NasError`` naming that range when no arch can meet it,

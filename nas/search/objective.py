@@ -158,7 +158,8 @@ class Objective:
         c = Candidate(arch.hash(), step, float(e.score), float(e.loss), float(getattr(e, "objective", e.score)),
                       int(e.macs), int(e.params),
                       None if e.macs_mean is None else int(e.macs_mean), tc.macs, tc.params,
-                      self.budget.admits(measured, tc.params, ms), float(getattr(e, "seconds", time.perf_counter() - t0)),
+                      self.budget.admits(measured, tc.params, ms),
+                      float(getattr(e, "seconds", time.perf_counter() - t0)),
                       tuple(self.space.encode(arch)), ms)
         if publish is not None:
             publish(c)

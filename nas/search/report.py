@@ -188,11 +188,10 @@ def _export(res: SearchResult, pm: Any, supernet: Any, top: int, seed: int, over
         files += export_arch(folder, stem, arch, proxy_arch, arch.provenance, header, supernet, pprov)
     feas = [c for c in res.candidates if c.feasible]
     front = [feas[i] for i in pareto_front([(budget_cost(c, bud), c.loss) for c in feas])]  # lower is better
-    latency = {} if bud.table is None else {"latency_ms": None}
     files.append(write_pareto_csv([{"arch_hash": c.arch_hash, "score": repr(c.score), "loss": repr(c.loss),
                                     "objective": repr(c.objective), "macs": budget_macs(c, bud),
                                     "params": c.target_params,
-                                    **({k: repr(c.target_latency_ms) for k in latency}),
+                                    **({} if bud.table is None else {"latency_ms": repr(c.target_latency_ms)}),
                                     "feasible": int(c.feasible),
                                     "vector": "-".join(map(str, c.vector))} for c in front], run / "pareto.csv"))
     return files
@@ -306,7 +305,9 @@ def table(r: Any) -> str:
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
     def ms(c: Candidate) -> tuple[str, ...]:  # the predicted latency, with a latency table
-        return () if r.budget.table is None else ("-" if c.target_latency_ms is None else f"{c.target_latency_ms:.2f} ms",)
+        if r.budget.table is None:
+            return ()
+        return ("-" if c.target_latency_ms is None else f"{c.target_latency_ms:.2f} ms",)
     rows = [("", "arch", "target MACs", "params", *(() if r.budget.table is None else ("latency (pred.)",)),
              "search top-1", "search loss", "val top-1"),
             (f"winner ({r.searcher})", r.best.arch_hash, human(r.best.target_macs), human(r.best.target_params),
