@@ -163,7 +163,8 @@ class _Layer(nn.Module):
         self.layer = Layer(b.get("dim"), b.get("heads"), b.get("hidden"), qkv_bias=b.get("qkv_bias"), shared=shared)
         self.need_map = b.get("attn") == "map"
         n, h = b.get("tokens"), b.get("heads")
-        self.map = torch.randn(batch, h, n, n).softmax(-1) if shared else None  # (B, h, N, N)
+        # the inherited map (B, h, N, N), a buffer so that it moves to the device with the module
+        self.register_buffer("map", torch.randn(batch, h, n, n).softmax(-1) if shared else None, persistent=False)
         self.reduction = None
         if b.kind == "reduce":
             from nas.mechanisms import reductions
