@@ -40,18 +40,11 @@ from nas.atomic import atomic_write  # noqa: E402
 from nas.cost import cost  # noqa: E402
 from nas.errors import exit_with  # noqa: E402
 from nas.latency import load_table, make_table  # noqa: E402
-from nas.latency.timing import check_device, model_calls, raw_times, threads_set  # noqa: E402
+from nas.latency.timing import burn_in, check_device, model_calls, raw_times, threads_set  # noqa: E402
 from nas.space import load_space, sample_distinct  # noqa: E402
 from nas.stats import rank_correlation  # noqa: E402
 
 TARGET = 0.10  # the bound on the median relative error
-
-
-def burn_in(seconds: float) -> None:
-    a = torch.randn(512, 512)
-    end = time.time() + seconds
-    while time.time() < end:
-        a @ a
 
 
 def bootstrap_ci(x: np.ndarray, stat, seed: int = 0, n: int = 9999) -> tuple[float, float]:

@@ -23,7 +23,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 from nas.cost import cost  # noqa: E402
 from nas.errors import NasError, exit_with  # noqa: E402
 from nas.latency import load_table  # noqa: E402
-from nas.latency.timing import model_calls, raw_times, threads_set  # noqa: E402
+from nas.latency.timing import burn_in, model_calls, raw_times, threads_set  # noqa: E402
 from nas.space import load_arch, load_space  # noqa: E402
 from nas.space.schema import human  # noqa: E402
-from nas.stats import paired_difference  # noqa: E402
+from nas.stats import difference, paired_difference  # noqa: E402
 from nas.supernet.run import load_supernet_run  # noqa: E402
 
 
@@ -80,11 +79,8 @@ def main() -> int:
     loss = None if same else paired_difference(a.loss.numpy(), b.loss.numpy(), "loss")
 
     # latency, measured round-robin
-    t0 = time.time()
     with threads_set(args.threads):
-        w = torch.randn(512, 512)
-        while time.time() - t0 < args.burn_in:
-            w @ w
+        burn_in(args.burn_in)
         times = {k: [] for k in archs}  # per round, the median of its runs
         per_round = max(1, args.reps // args.rounds)
         for _ in range(args.rounds):
@@ -144,8 +140,8 @@ def features(arch) -> dict[str, float]:
 
 def feasible_sets(space, table, macs_hi: int, ms_hi: float, n: int) -> dict:
     """On ``n`` random archs: those within the MACs budget but not the latency one, and the reverse, and how
-    their choices differ (mean of each feature in each set, the difference with a 95% bootstrap CI)."""
-    rng = np.random.default_rng(0)
+    their choices differ (mean of each feature in each set, the difference with its 95% bootstrap CI and
+    permutation p, ``nas.stats.difference``)."""
     only_macs, only_ms, both = [], [], 0
     for a in (space.sample(f"lat-vs-macs|{i}") for i in range(n)):
         m_ok, t_ok = cost(a).macs <= macs_hi, table.predict(a) <= ms_hi
@@ -157,15 +153,12 @@ def feasible_sets(space, table, macs_hi: int, ms_hi: float, n: int) -> dict:
     diffs = {}
     if only_macs and only_ms:
         print("  what the archs that meet only the latency budget chose, against those that meet only the MACs one "
-              "(mean, difference with 95% bootstrap CI):")
+              "(mean, difference with 95% bootstrap CI and permutation p):")
         for key in only_macs[0]:
-            x, y = np.array([f[key] for f in only_ms]), np.array([f[key] for f in only_macs])
-            boot = [rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(2000)]
-            lo, hi = np.percentile(boot, [2.5, 97.5])
-            diffs[key] = {"only_latency": float(x.mean()), "only_macs": float(y.mean()),
-                          "difference_ci": [float(lo), float(hi)]}
-            print(f"    {key:<22} {x.mean():5.2f} against {y.mean():5.2f}: {x.mean() - y.mean():+.2f} "
-                  f"[{lo:+.2f}, {hi:+.2f}]" + ("  within noise" if lo <= 0 <= hi else ""))
+            x, y = [f[key] for f in only_ms], [f[key] for f in only_macs]
+            d = difference(x, y)
+            diffs[key] = {"only_latency": float(np.mean(x)), "only_macs": float(np.mean(y)), **d.to_json()}
+            print(f"    {key:<22} {np.mean(x):5.2f} against {np.mean(y):5.2f}: {d.describe()}")
     return {"samples": n, "both": int(both), "only_macs": len(only_macs), "only_latency": len(only_ms),
             "features": diffs}
 

@@ -188,8 +188,6 @@ def cmd_flops(args: argparse.Namespace) -> None:
 def cmd_latency(args: argparse.Namespace) -> None:
     from nas.latency import load_table, measure_latency
     from nas.space import load_arch
-    if args.weights and not Path(args.weights).is_file():
-        raise NasError("no such weights file", file=args.weights)
     table = load_table(args.table) if args.table else None
     arch = load_arch(args.arch)
     predicted = None if table is None else table.predict(arch)  # a table without the arch's blocks fails now
@@ -403,6 +401,7 @@ SPACE_HELP = "a space file, or the name of a shipped space (`nas space list`: ps
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nas.latency.table import DEVICES
     from nas.search.budget import BUDGET_ON
     from nas.search.searchers import SEARCHERS
     p = _Parser(prog="nas", description="Neural architecture search for efficient Vision Transformers.")
@@ -449,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("latency", help="measured latency of an arch's model on this machine (docs/latency.md)")
     la.add_argument("arch", type=path_arg, help="an arch file (e.g. a search's best.yaml) or a shipped reference/NAME")
-    la.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    la.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
     la.add_argument("--batch", type=int_in(1, 4096), default=1, help="images per forward (default 1)")
     la.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's, all cores)")
     la.add_argument("--data", help="data-dependent archs (ATS, CF-ViT): time them on images of this data, and "
@@ -467,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("latency-table", help="time every block a space can produce on this machine: the table "
                         "`nas search --latency` predicts with (resumable; docs/latency.md)")
     lt.add_argument("space", type=path_arg, help=SPACE_HELP)
-    lt.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    lt.add_argument("--device", choices=DEVICES, default="cpu", help="default cpu")
     lt.add_argument("--batch", type=int_in(1, 4096), default=1, help="images per forward (default 1)")
     lt.add_argument("--threads", type=int_in(1, 1024), help="torch's CPU threads (default: torch's, all cores)")
     lt.add_argument("--out", type=path_arg, help="the table file (default runs/latency/<space>-<device>-b<batch>-"

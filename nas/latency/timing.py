@@ -83,13 +83,28 @@ def threads_set(threads: int | None) -> Iterator[int]:
     """torch's intra-op threads set to ``threads`` (None: as they are) for the block, restored after."""
     before = torch.get_num_threads()
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise NasError(f"--threads: expected an integer >= 1, got {threads!r}")
+        _at_least(1, ("--threads", threads))
         torch.set_num_threads(threads)
     try:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def _at_least(lo: int, *named: tuple[str, Any]) -> None:
+    """A ``NasError`` naming the first ``(name, value)`` that is not an integer >= ``lo``."""
+    for name, v in named:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise NasError(f"{name}: expected an integer >= {lo}, got {v!r}")
+
+
+def burn_in(seconds: float) -> None:
+    """Keep the CPU busy with matrix products for ``seconds``: on a shared VM the first seconds of load run
+    measurably slower (a benchmark's timings start after it)."""
+    a = torch.randn(512, 512)
+    end = time.time() + seconds
+    while time.time() < end:
+        a @ a
 
 
 def time_calls(calls: list[Callable[[], Any]], device: torch.device, warmup: int, reps: int) -> Timing:
@@ -127,17 +142,13 @@ def measure_latency(arch: Arch, device: str = "cpu", batch: int = 1, threads: in
     docstring). A data-dependent arch is timed on ``images`` images of the evaluation split of ``data``
     (default builtin); a static one on a seeded random batch (``data`` is not needed and not used)."""
     dev = check_device(device)
-    for name, v in (("--batch", batch), ("--images", images), ("reps", reps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NasError(f"{name}: expected an integer >= 1, got {v!r}")
-    model = seeded_model(arch, seed, weights, file).eval().to(dev)
+    _at_least(1, ("--batch", batch), ("--images", images), ("reps", reps))
     with threads_set(threads) as n:
         env = environment(device, n, batch)
         if not arch.data_dependent:
-            x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size, generator=torch.Generator()
-                            .manual_seed(seed)).to(dev)
-            t = time_calls([lambda: model(x)], dev, warmup, reps)
+            t = time_calls(model_calls(arch, dev, batch, seed, weights, file), dev, warmup, reps)
             return MeasuredLatency(t.ms, t.q1, t.q3, t.runs, env)
+        model = seeded_model(arch, seed, weights, file).eval().to(dev)
         from nas.data import load_data, make_loader
         data = data or "builtin"
         splits = load_data(data, arch.img_size, arch.in_chans, seed=seed, limit={"val": images})
@@ -272,12 +283,8 @@ def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", bat
     from nas.space import load_space, sample_distinct
 
     dev = check_device(device)
-    for name, v in (("--batch", batch), ("--reps", reps), ("--rounds", rounds)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NasError(f"{name}: expected an integer >= 1, got {v!r}")
-    for name, v in (("--calibrate", calibrate), ("--check", check)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise NasError(f"{name}: expected an integer >= 0, got {v!r}")
+    _at_least(1, ("--batch", batch), ("--reps", reps), ("--rounds", rounds))
+    _at_least(0, ("--calibrate", calibrate), ("--check", check))
     space = load_space(space_file)
     blocks = space_blocks(space)
     drawn = min(calibrate + check, space.size())
@@ -320,10 +327,12 @@ def make_table(space_file: str, out: str | os.PathLike, device: str = "cpu", bat
     return table
 
 
-def model_calls(arch: Arch, device: torch.device, batch: int, seed: int) -> list[Callable[[], Any]]:
-    """The call of ``arch``'s whole model on a seeded random batch, built afresh (and freed once timed): a
-    process holding many models that have run is measurably slower on each of them than one holding one."""
-    model = seeded_model(arch, seed).eval().to(device)
+def model_calls(arch: Arch, device: torch.device, batch: int, seed: int, weights: str | None = None,
+                file: str | None = None) -> list[Callable[[], Any]]:
+    """The call of ``arch``'s whole model (``nas.measure.seeded_model``) on a seeded random batch, built afresh
+    (and freed once timed): a process holding many models that have run is measurably slower on each of them
+    than one holding one."""
+    model = seeded_model(arch, seed, weights, file).eval().to(device)
     x = torch.randn(batch, arch.in_chans, arch.img_size, arch.img_size,
                     generator=torch.Generator().manual_seed(seed)).to(device)
     return [lambda: model(x)]
